@@ -1,0 +1,67 @@
+# One entry point for developers and CI: `make test` is what .ci/run runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+HOSTS ?= 2
+SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
+COLLECTIONS_ROOT := $(CURDIR)/.build/collections
+SANITY_ROOT := $(CURDIR)/.build/sanity/ansible_collections/llmserve/cluster
+GET_PIP_CACHE := $(HOME)/.ansible/test/cache/get_pip_$(shell echo 24.2 | tr . _).py
+
+# Playbooks run from a checkout find the collection through this path.
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv collection-link test lint ruff ansible-lint sanity unit integration build \
+        sandbox-up sandbox-down sandbox-status demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet --group dev
+	touch $@
+
+collection-link:
+	mkdir -p $(COLLECTIONS_ROOT)/ansible_collections/llmserve
+	ln -sfn $(CURDIR) $(COLLECTIONS_ROOT)/ansible_collections/llmserve/cluster
+
+test: lint sanity unit integration
+
+lint: ruff ansible-lint
+
+ruff: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+ansible-lint: venv collection-link
+	$(BIN)/ansible-lint --profile production
+
+# ansible-test insists on running from a directory named ansible_collections/<ns>/<name>,
+# so the files git knows about are copied there.
+sanity: venv
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	mkdir -p $(dir $(GET_PIP_CACHE)) && cp tests/sanity/offline_get_pip.py $(GET_PIP_CACHE)
+	cd $(SANITY_ROOT) && git init -q && git add -A && \
+	  $(BIN)/ansible-test sanity --local --python 3.11 --color no
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: venv collection-link
+	$(BIN)/python -m pytest tests/integration -q -x
+
+build: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist
+
+sandbox-up: venv
+	$(SANDBOX) up --hosts $(HOSTS)
+
+sandbox-down: venv
+	$(SANDBOX) down
+
+sandbox-status: venv
+	$(SANDBOX) status
