@@ -1,0 +1,41 @@
+# Copyright: Contributors to the llmserve.cluster project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Rebuild a captured host's /sys, /proc and /dev under a temporary directory.
+
+The captures keep every sysfs attribute as a plain file, but PCI device directories
+("0000:19:00.0") and the ``device`` symlinks pointing at them are listed in
+``pci_devices.json`` instead: colons and symlinks are not allowed in the collection's
+files (ansible-test sanity ``no-illegal-filenames``/``symlinks``). This builder puts them
+back the way the kernel lays them out, with relative links as on a real host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+SYSFS_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sysfs"
+
+
+def build_host(case: str, destination: Path) -> Path:
+    """Copy capture ``case`` to ``destination/case`` with its PCI devices and links restored."""
+    root = destination / case
+    shutil.copytree(SYSFS_FIXTURES / case, root)
+    manifest = json.loads((root / "pci_devices.json").read_text())
+    devices = {}
+    for address, device in manifest["pci_devices"].items():
+        path = root / "sys" / "devices" / device["path"]
+        path.mkdir(parents=True)
+        (path / "numa_node").write_text(f"{device['numa_node']}\n")
+        devices[address] = path
+    for link, address in manifest["device_links"].items():
+        link_path = root / link
+        os.symlink(os.path.relpath(devices[address], link_path.parent), link_path)
+    return root
+
+
+def ip_addresses(root: Path) -> list:
+    return json.loads((root / "ip_addr.json").read_text())
