@@ -153,6 +153,8 @@ class ModelSpec:
     mtp_layers: int = 0
     # Bytes of those MTP tensors inside ``weights_bytes`` (estimated when only the index is known).
     mtp_bytes: int = 0
+    # A tied checkpoint that still stores lm_head.weight (Qwen3-0.6B does): vLLM reuses the embedding and skips it.
+    tied_head_bytes: int = 0
 
     @property
     def dtype_bytes(self) -> int:
@@ -160,8 +162,8 @@ class ModelSpec:
 
     @property
     def loaded_weights_bytes(self) -> int:
-        """What vLLM loads onto GPUs: the checkpoint minus the MTP layers it skips."""
-        return self.weights_bytes - self.mtp_bytes
+        """What vLLM loads onto GPUs: the checkpoint minus the MTP layers and the tied output head it skips."""
+        return self.weights_bytes - self.mtp_bytes - self.tied_head_bytes
 
     @property
     def embedding_bytes(self) -> int:
@@ -287,8 +289,13 @@ def parse_config(
     weights_source: str = "unknown",
     quantize_config: Optional[Mapping[str, Any]] = None,
     mtp_weight_names: Tuple[str, ...] = (),
+    stores_output_head: bool = False,
 ) -> ModelSpec:
-    """Build a ModelSpec from a parsed config.json and the checkpoint's byte size."""
+    """Build a ModelSpec from a parsed config.json and the checkpoint's byte size.
+
+    ``stores_output_head`` says the checkpoint lists an ``lm_head.weight`` tensor; with tied embeddings vLLM does
+    not load it, so its bytes leave the loaded size.
+    """
     source = f"config.json of {name}"
     text = language_config(config)
     architectures = config.get("architectures") or text.get("architectures") or ["unknown"]
@@ -344,6 +351,8 @@ def parse_config(
         quantization=_quantization(text, quantize_config),
         mtp_layers=mtp_layers,
     )
+    if stores_output_head and spec.tie_word_embeddings:
+        spec = replace(spec, tied_head_bytes=min(spec.embedding_bytes, spec.weights_bytes))
     if mtp_weight_names and mtp_layers:
         return _with_mtp_bytes(spec, mtp_weight_names)
     return spec
@@ -458,6 +467,11 @@ def _read_json(path: str, field: str) -> Dict[str, Any]:
     return document
 
 
+def _stores_output_head(names: Any) -> bool:
+    """Whether a checkpoint's tensor names include the output head (``lm_head.weight``)."""
+    return any(str(name).split(".")[-2:] == ["lm_head", "weight"] for name in names)
+
+
 def _mtp_weight_names(weight_map: Mapping[str, Any], num_layers: int) -> Tuple[str, ...]:
     names = []
     for name in weight_map:
@@ -502,6 +516,7 @@ def load_model_spec_from_dir(model_dir: str) -> ModelSpec:
     weights_bytes: Optional[int] = None
     source = ""
     mtp_names: Tuple[str, ...] = ()
+    stores_head = False
     for index_name in (INDEX_FILE, PYTORCH_INDEX_FILE):
         index_path = os.path.join(model_dir, index_name)
         if not os.path.isfile(index_path):
@@ -509,6 +524,7 @@ def load_model_spec_from_dir(model_dir: str) -> ModelSpec:
         index = _read_json(index_path, "model_dir")
         weight_map = index.get("weight_map") or {}
         mtp_names = _mtp_weight_names(weight_map, num_layers)
+        stores_head = _stores_output_head(weight_map)
         weights_bytes = _index_total(index)
         source = f"{index_name} metadata.total_size"
         if weights_bytes is None and index_name == INDEX_FILE:
@@ -536,6 +552,7 @@ def load_model_spec_from_dir(model_dir: str) -> ModelSpec:
         headers = [read_safetensors_header(os.path.join(model_dir, shard)) for shard in shards]
         weights_bytes = sum(safetensors_header_bytes(header) for header in headers)
         mtp_names = _mtp_weight_names({name: 0 for header in headers for name in header}, num_layers)
+        stores_head = _stores_output_head(name for header in headers for name in header)
         source = "safetensors headers"
 
     return parse_config(
@@ -545,6 +562,7 @@ def load_model_spec_from_dir(model_dir: str) -> ModelSpec:
         weights_source=source,
         quantize_config=quantize_config,
         mtp_weight_names=mtp_names,
+        stores_output_head=stores_head,
     )
 
 
@@ -625,11 +643,13 @@ def load_model_spec_from_hub(
     weights_bytes: Optional[int] = None
     source = ""
     mtp_names: Tuple[str, ...] = ()
+    stores_head = False
     index_path = fetch(INDEX_FILE)
     if index_path is not None:
         index = _read_json(index_path, "model")
         weights_bytes = _index_total(index)
         mtp_names = _mtp_weight_names(index.get("weight_map") or {}, _layer_count(config))
+        stores_head = _stores_output_head(index.get("weight_map") or {})
         source = f"{INDEX_FILE} metadata.total_size"
     if weights_bytes is None:
         counter = fetch_parameter_count or hub_parameter_counter(repo_id, revision)
@@ -653,4 +673,5 @@ def load_model_spec_from_hub(
         weights_source=source,
         quantize_config=quantize_config,
         mtp_weight_names=mtp_names,
+        stores_output_head=stores_head,
     )

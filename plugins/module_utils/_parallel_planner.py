@@ -13,6 +13,13 @@ memory CUDA reports; from that go the weights it loaded, the peak torch memory o
 ``max_num_batched_tokens`` tokens (including the dummy sampler run over ``max_num_seqs`` logits rows), and
 the memory allocated outside torch (NCCL, cuBLAS, kernel images). What remains is KV cache, counted in
 16-token blocks, and the engine uses the smallest amount any worker has.
+
+Two terms changed across vLLM releases (``vllm_version``). The dummy sampler run sorts the whole logits tensor
+for top-k/top-p up to 0.15 (unless FlashInfer's kernel is installed, ``flashinfer_sampler``), filters it with a
+Triton or FlashInfer kernel from 0.16, and is profiled without sampling parameters by Model Runner V2 from 0.25.
+And up to 0.10 NCCL's buffers were created after vLLM's memory snapshot, so a tensor-parallel group's NVLink
+SHARP buffers on Hopper NVSwitch boards came off the KV cache. The constants were checked against real startup
+logs listed, with their sources, in tests/unit/fixtures/planner/vllm_kv_observations.yaml.
 """
 
 from __future__ import annotations
@@ -62,18 +69,38 @@ INT4_PACK_FACTOR = 8
 # bf16 logits (2), their float32 copy (4), the int64 index ramp the sort pairs with the keys (8), the sorted
 # values and indices (4 + 8) and the radix sort's double buffers for both (4 + 8): 38 bytes. With this, vLLM's
 # Qwen3-8B log on one H100 leaves 0.12 GiB outside torch, which matches the non-torch memory vLLM logs for a
-# single GPU (0.10-0.16 GiB).
+# single GPU (0.10-0.16 GiB); the same 38 bytes reproduce 0.9.2's Qwen3-8B log on an A100-40GB (256 rows).
 SAMPLER_BYTES_PER_LOGIT = 38
+# FlashInfer's top-k/top-p kernel (used up to 0.10 whenever FlashInfer was installed) and the Triton kernel vLLM
+# 0.16 made the default (vllm#33538, then FlashInfer again from vllm#40376) need no sort: the peak is the bf16
+# logits (2), their float32 copy (4), the masked copy (4) and the probabilities (4). vLLM 0.10.1.1's Qwen2-7B logs
+# on an A100 with FlashInfer leave 0.56 GiB outside the weights, which this reproduces within 0.1 GiB.
+KERNEL_SAMPLER_BYTES_PER_LOGIT = 14
+# From 0.25 Model Runner V2 runs dense models (vllm#44443); its profile's dummy requests carry no sampling
+# parameters, so the sampler skips the float32 upcast and top-k/top-p (vllm#57926): only the bf16 logits stay.
+MODEL_RUNNER_V2_BYTES_PER_LOGIT = 2
+# First releases of each sampler profile, as (major, minor).
+KERNEL_SAMPLER_SINCE = (0, 16)
+MODEL_RUNNER_V2_SINCE = (0, 25)
 
 # Memory that appears outside torch's allocator during the profile run on a single GPU: cuBLAS/cuBLASLt
 # workspaces and the kernel images CUDA loads lazily on first use.
 NON_TORCH_BASE_BYTES = 128 * MIB
-# NCCL communicators (PyNccl's and torch.distributed's, with NVLink SHARP buffers on NVSwitch systems) and the
-# custom all-reduce buffers of a tensor-parallel group, created after vLLM's first memory snapshot. Fitted on
-# vLLM's log of Llama-3.1-70B with TP 4 on H100 (tests/unit/fixtures/planner/vllm_kv_observations.yaml).
-TENSOR_PARALLEL_COMM_BYTES = int(1.45 * GIB)
-# A pipeline boundary only needs point-to-point NCCL buffers between two ranks.
-PIPELINE_COMM_BYTES = 256 * MIB
+# A tensor-parallel group's NCCL communicators on Hopper GPUs behind NVSwitch carry NVLink SHARP (NVLS) multicast
+# buffers. Up to vLLM 0.10 they were created after the first memory snapshot and counted as non-torch memory:
+# fitted on Llama-3.1-70B with TP 4 on H100, and Qwen3-32B with TP 2 from the same table needs 1.41 GiB, so the
+# size does not grow with the group (tests/unit/fixtures/planner/vllm_kv_observations.yaml).
+TENSOR_PARALLEL_NVLS_COMM_BYTES = int(1.45 * GIB)
+# Without NVLS (PCIe, NVLink without NVSwitch, TP across nodes) NCCL's ring buffers are small: vLLM 0.10.1.1 logs
+# of Qwen2-7B with TP 2 on A100s leave 0.03-0.12 GiB beyond the single-GPU terms.
+TENSOR_PARALLEL_COMM_BYTES = 128 * MIB
+# From vLLM 0.11 NCCL is initialised before the snapshot (vllm#25359), so only what a TP group allocates on first
+# use remains: vLLM 0.11.0 logs "non-torch memory" 0.54 GiB for Qwen3-32B with TP 2 on H100, 0.13 GiB with TP 1.
+TENSOR_PARALLEL_LAZY_COMM_BYTES = int(0.41 * GIB)
+NCCL_BEFORE_SNAPSHOT_SINCE = (0, 11)
+# A pipeline group's point-to-point channels are set up on the first send: vLLM 0.27.1's Qwen3-32B log with PP 2
+# leaves 1.59 GiB beyond the forward pass and the single-GPU non-torch memory.
+PIPELINE_COMM_BYTES = int(1.45 * GIB)
 # Captured CUDA graphs live outside the budget (they are captured after the KV cache is allocated), so vLLM
 # does not subtract them; they must fit into the memory gpu_memory_utilization leaves free.
 CUDA_GRAPH_BASE_BYTES = int(0.25 * GIB)
@@ -90,30 +117,36 @@ class GpuKind:
     # itself (GSP firmware heap, page tables, ECC bookkeeping). Observed on idle GPUs.
     reserved_mib: int
     bfloat16: bool = True
+    # Hopper boards whose GPUs meet in NVSwitches, where NCCL sets up NVLink SHARP buffers (not the PCIe or NVL cards).
+    nvswitch: bool = False
     vllm_supported: bool = True
     min_total_mib: int = 0
 
 
 # Matched against the words of the NVML name, first match wins (so the 80 GB A100 comes before the 40 GB one).
+# Each reserve is NVML total minus a CUDA total seen in public logs; the sources are listed in
+# tests/unit/fixtures/planner/README.md. Drivers move these by up to ~0.2 GiB (H100 logs show 79.11-79.33 GiB).
 GPU_KINDS = (
-    GpuKind("gh200", 606),
-    GpuKind("h200", 606),
-    GpuKind("h100", 479),
-    GpuKind("h800", 479),
-    GpuKind("h20", 591),
+    GpuKind("gh200", 606, nvswitch=True),
+    GpuKind("h200", 606, nvswitch=True),
+    GpuKind("h100", 479, nvswitch=True),
+    GpuKind("h800", 479, nvswitch=True),
+    GpuKind("h20", 591, nvswitch=True),
     GpuKind("a100", 870, min_total_mib=60000),
     GpuKind("a800", 870, min_total_mib=60000),
     GpuKind("a100", 625),
     GpuKind("a800", 625),
-    GpuKind("l40s", 480),
-    GpuKind("l40", 480),
+    GpuKind("pro 6000", 598),
+    GpuKind("l40s", 613),
+    GpuKind("l40", 613),
     GpuKind("l20", 480),
     GpuKind("a40", 654),
     GpuKind("a6000", 459),
     GpuKind("6000 ada", 480),
-    GpuKind("a10", 295),
-    GpuKind("l4", 475),
-    GpuKind("4090", 346),
+    GpuKind("a10g", 520),
+    GpuKind("a10", 316),
+    GpuKind("l4", 547),
+    GpuKind("4090", 357),
     GpuKind("3090", 318),
     GpuKind("v100", 256, bfloat16=False, min_total_mib=20000),
     GpuKind("v100", 0, bfloat16=False),
@@ -168,6 +201,13 @@ class ClusterNode:
         return None
 
     @property
+    def nvswitch(self) -> bool:
+        """Whether the node's GPUs sit on an NVSwitch board (SXM), judged from the NVML name."""
+        kind = self.kind
+        words = re.split(r"[^a-z0-9]+", self.gpu_name.lower())
+        return bool(kind and kind.nvswitch) and "pcie" not in words and "nvl" not in words
+
+    @property
     def cuda_total_bytes(self) -> int:
         """The total torch.cuda.mem_get_info() reports, which vLLM multiplies by gpu_memory_utilization."""
         if self.is_cpu:
@@ -195,6 +235,11 @@ class PlanOptions:
     pipeline_parallel_size: Optional[int] = None
     data_parallel_size: Optional[int] = None
     block_size: int = DEFAULT_BLOCK_SIZE
+    # The vLLM release that will serve ("0.9.2", "v0.19.0"); None means the V1 engine up to 0.10.
+    vllm_version: Optional[str] = None
+    # Whether vLLM logs "Using FlashInfer for top-p & top-k sampling": up to 0.10 it did whenever FlashInfer was
+    # installed (the Docker images). Only releases before 0.16 depend on it; None means "not installed".
+    flashinfer_sampler: Optional[bool] = None
 
 
 @dataclass
@@ -334,6 +379,20 @@ def parse_cluster(raw: Any) -> List[ClusterNode]:
     return nodes
 
 
+def parse_vllm_version(version: Optional[str]) -> Optional[Tuple[int, int]]:
+    """(major, minor) of a vLLM version string such as "0.11.0", "v0.19.0" or "0.15.2rc1.dev93+g11a4c9d30"."""
+    if version is None or str(version).strip() == "":
+        return None
+    match = re.match(r"^v?(\d+)\.(\d+)", str(version).strip())
+    if not match:
+        raise PlanError(
+            f"vllm_version {version!r} is not a vLLM release such as 0.11.0; "
+            "leave it unset for the V1 engine up to 0.10.",
+            "vllm_version",
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
 def validate_options(spec: ModelSpec, options: PlanOptions) -> None:
     utilization = options.gpu_memory_utilization
     if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
@@ -346,6 +405,7 @@ def validate_options(spec: ModelSpec, options: PlanOptions) -> None:
             "kv_cache_dtype {!r} is not one of {}.".format(options.kv_cache_dtype, ", ".join(KV_CACHE_DTYPE_BYTES)),
             "kv_cache_dtype",
         )
+    parse_vllm_version(options.vllm_version)
     if options.kv_cache_dtype == "fp8_ds_mla" and spec.mla is None:
         raise PlanError("kv_cache_dtype fp8_ds_mla only applies to MLA models (DeepSeek V2/V3).", "kv_cache_dtype")
     for name in (
@@ -546,14 +606,40 @@ def forward_activation_bytes(spec: ModelSpec, tokens: int, tp: int) -> int:
     return tokens * (2 * hidden + max(attention, mlp)) * spec.dtype_bytes
 
 
-def sampler_activation_bytes(spec: ModelSpec, num_seqs: int) -> int:
+def sampler_bytes_per_logit(
+    spec: ModelSpec, vllm_version: Optional[str], flashinfer_sampler: Optional[bool] = None
+) -> int:
+    """Bytes per logit element at the peak of the profile's dummy sampler run in this vLLM release."""
+    version = parse_vllm_version(vllm_version)
+    if version is None or version < KERNEL_SAMPLER_SINCE:
+        return KERNEL_SAMPLER_BYTES_PER_LOGIT if flashinfer_sampler else SAMPLER_BYTES_PER_LOGIT
+    # Model Runner V2 became the default for dense models first; mixture-of-experts models kept the V1 runner.
+    if version >= MODEL_RUNNER_V2_SINCE and spec.moe is None:
+        return MODEL_RUNNER_V2_BYTES_PER_LOGIT
+    return KERNEL_SAMPLER_BYTES_PER_LOGIT
+
+
+def sampler_activation_bytes(
+    spec: ModelSpec, num_seqs: int, vllm_version: Optional[str] = None, flashinfer_sampler: Optional[bool] = None
+) -> int:
     """Peak torch memory of the sampler dummy run over ``num_seqs`` rows of logits on the last stage."""
     # TP ranks all-gather the vocabulary shards first, so each holds the full logits like a single GPU.
-    return num_seqs * padded_vocab_size(spec.vocab_size) * SAMPLER_BYTES_PER_LOGIT
+    per_logit = sampler_bytes_per_logit(spec, vllm_version, flashinfer_sampler)
+    return num_seqs * padded_vocab_size(spec.vocab_size) * per_logit
 
 
-def non_torch_bytes(tp: int, pp: int) -> int:
-    communication = (TENSOR_PARALLEL_COMM_BYTES if tp > 1 else 0) + (PIPELINE_COMM_BYTES if pp > 1 else 0)
+def tensor_parallel_comm_bytes(nvswitch: bool, vllm_version: Optional[str]) -> int:
+    """Memory a tensor-parallel group's communicators add to the profile's non-torch increase."""
+    version = parse_vllm_version(vllm_version)
+    if version is not None and version >= NCCL_BEFORE_SNAPSHOT_SINCE:
+        return TENSOR_PARALLEL_LAZY_COMM_BYTES
+    return TENSOR_PARALLEL_NVLS_COMM_BYTES if nvswitch else TENSOR_PARALLEL_COMM_BYTES
+
+
+def non_torch_bytes(tp: int, pp: int, nvswitch: bool = False, vllm_version: Optional[str] = None) -> int:
+    communication = tensor_parallel_comm_bytes(nvswitch, vllm_version) if tp > 1 else 0
+    if pp > 1:
+        communication += PIPELINE_COMM_BYTES
     return NON_TORCH_BASE_BYTES + communication
 
 
@@ -586,8 +672,11 @@ def evaluate(
                 activation = forward_activation_bytes(spec, tokens, tp)
                 if stage == pp - 1:
                     hidden_kept = tokens * spec.hidden_size * spec.dtype_bytes
-                    activation = max(activation, hidden_kept + sampler_activation_bytes(spec, seqs))
-                non_torch = non_torch_bytes(tp, pp)
+                    sampler = sampler_activation_bytes(spec, seqs, options.vllm_version, options.flashinfer_sampler)
+                    activation = max(activation, hidden_kept + sampler)
+                # NVLS buffers only appear when every GPU of the TP group sits on an NVSwitch board.
+                nvswitch = all(node.nvswitch for node in nodes) and len({node.name for node in nodes}) == 1
+                non_torch = non_torch_bytes(tp, pp, nvswitch, options.vllm_version)
                 graphs = CUDA_GRAPH_BASE_BYTES + CUDA_GRAPH_BYTES_PER_LAYER * num_layers
                 available = budget - weights - activation - non_torch
             blocks = max(available, 0) // (kv_bytes_per_token * options.block_size)
@@ -915,6 +1004,30 @@ def _warnings(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions) -> 
     return warnings
 
 
+def _sampler_version_note(
+    spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, tokens: int, seqs: int
+) -> Optional[str]:
+    """Say so when the unstated vLLM release decides more than a tenth of the KV cache (the profiled sampler)."""
+    if options.vllm_version or options.flashinfer_sampler is not None:
+        return None
+    last = evaluation.stages[-1]
+    if last.gpu_name.lower() == "cpu" or last.kv_bytes_per_token <= 0:
+        return None
+    tp = evaluation.layout.tensor_parallel_size
+    hidden_kept = tokens * spec.hidden_size * spec.dtype_bytes
+    kernel = seqs * padded_vocab_size(spec.vocab_size) * KERNEL_SAMPLER_BYTES_PER_LOGIT
+    freed = last.activation_bytes - max(forward_activation_bytes(spec, tokens, tp), hidden_kept + kernel)
+    tightest = min(evaluation.stages, key=lambda stage: stage.kv_cache_tokens)
+    if freed <= 0.1 * max(tightest.kv_cache_bytes, 1):
+        return None
+    return (
+        f"The KV estimate assumes vLLM up to 0.15, whose profile sorts {seqs} rows of logits for top-k/top-p "
+        f"({_gib(last.activation_bytes)}); vLLM 0.16 and later (and 0.10 with FlashInfer installed) profile about "
+        f"{_gib(freed)} less, about {int(freed // last.kv_bytes_per_token):,} more KV tokens: set vllm_version to "
+        "plan for the release you run."
+    )
+
+
 def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, max_model_len: int) -> Plan:
     layout = evaluation.layout
     tp, pp, dp = layout.tensor_parallel_size, layout.pipeline_parallel_size, layout.data_parallel_size
@@ -987,7 +1100,7 @@ def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, m
         "vocab_size": spec.vocab_size,
         "max_model_len": spec.max_model_len,
     }
-    return Plan(
+    result = Plan(
         strategy=layout.strategy,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
@@ -1018,6 +1131,10 @@ def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, m
         env=env,
         warnings=_warnings(spec, evaluation, options),
     )
+    note = _sampler_version_note(spec, evaluation, options, tokens, seqs)
+    if note:
+        result.warnings.append(note)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1080,6 +1197,8 @@ def options_from_params(params: Mapping[str, Any]) -> PlanOptions:
         tensor_parallel_size=params.get("tensor_parallel_size"),
         pipeline_parallel_size=params.get("pipeline_parallel_size"),
         data_parallel_size=params.get("data_parallel_size"),
+        vllm_version=params.get("vllm_version"),
+        flashinfer_sampler=params.get("flashinfer_sampler"),
     )
 
 

@@ -115,6 +115,17 @@ options:
   data_parallel_size:
     description: Number of engine replicas, each of O(tensor_parallel_size) x O(pipeline_parallel_size) GPUs.
     type: int
+  vllm_version:
+    description:
+      - The vLLM release that will serve, for example C(0.32.0). Its memory accounting changed across releases
+        (sampler kernels, when NCCL is initialised), which moves the KV cache by more than 10% on some plans.
+      - Without it the planner assumes vLLM 0.10 or older with PyTorch's sampler, and warns where that matters.
+    type: str
+  flashinfer_sampler:
+    description:
+      - Whether vLLM's FlashInfer sampler is in use (it needs less profile-run memory than PyTorch's sort).
+        Defaults to what the given O(vllm_version) uses by default.
+    type: bool
 notes:
   - The memory model was calibrated on vLLM's own startup logs (C(GPU KV cache size)), see the observations in the
     collection's tests; expect the KV token count within about 10% of vLLM's on the same versions.
@@ -291,6 +302,8 @@ ARGUMENT_SPEC = dict(
     tensor_parallel_size=dict(type="int"),
     pipeline_parallel_size=dict(type="int"),
     data_parallel_size=dict(type="int"),
+    vllm_version=dict(type="str"),
+    flashinfer_sampler=dict(type="bool"),
 )
 MUTUALLY_EXCLUSIVE = [("model_dir", "model")]
 REQUIRED_ONE_OF = [("model_dir", "model")]
