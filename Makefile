@@ -65,3 +65,7 @@ sandbox-down: venv
 
 sandbox-status: venv
 	$(SANDBOX) status
+
+# The main job: the sandbox deploys a tiny model with the native backend and answers a completion.
+demo: venv collection-link
+	$(BIN)/python tests/sandbox/demo.py --hosts $(HOSTS)

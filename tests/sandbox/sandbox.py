@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: Contributors to the llmserve.cluster project
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -65,7 +64,7 @@ NETNS_DIR = Path("/run/netns")
 
 SUITE = "bookworm"
 ROOTFS_PACKAGES = (
-    "systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,"
+    "systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,python3-packaging,"
     "iproute2,iputils-ping,sudo,rsync,curl,ca-certificates,procps"
 )
 # Bumped whenever the rootfs recipe changes, so a stale cache is rebuilt.
@@ -501,6 +500,7 @@ def write_inventory(hosts: list[Host]) -> None:
         return lines
 
     lines = [
+        "---",
         "# Written by tests/sandbox/sandbox.py `up`; do not edit. Deploy settings live in group_vars/.",
         "llmserve_cluster:",
         "  vars:",
