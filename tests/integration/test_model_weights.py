@@ -10,18 +10,15 @@ copies that file only; a copy killed mid-file resumes from rsync's partial file.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-INVENTORY = REPO_ROOT / "inventories" / "sandbox" / "hosts.yml"
+from .helpers import REPO_ROOT, ansible_playbook, recap, sandbox_hosts, ssh
+
 CONVERGE = REPO_ROOT / "tests" / "integration" / "model_weights" / "converge.yml"
 MODEL_PATH = "/models/llmserve-test-model"
 SHARD_BYTES = 50 * 1024 * 1024
@@ -32,13 +29,7 @@ pytestmark = pytest.mark.sandbox
 @pytest.fixture(scope="module")
 def cluster(sandbox_cli, tmp_path_factory):
     sandbox_cli("up", "--hosts", "3", timeout=900)
-    inventory = yaml.safe_load(INVENTORY.read_text())["llmserve_cluster"]
-    hosts = {
-        name: values["ansible_host"]
-        for group in inventory["children"].values()
-        for name, values in (group.get("hosts") or {}).items()
-    }
-    key = inventory["vars"]["ansible_ssh_private_key_file"]
+    hosts, key = sandbox_hosts()
     model = tmp_path_factory.mktemp("controller") / "model"
     sys.path.insert(0, str(REPO_ROOT / "tests" / "unit" / "plugins" / "modules"))
     from hub_fixture_server import write_model_dir
@@ -49,27 +40,10 @@ def cluster(sandbox_cli, tmp_path_factory):
     return hosts, key, model
 
 
-def ssh(hosts, key, name, command, check=True):
-    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
-    return subprocess.run(
-        ["ssh", "-i", key, *options, f"root@{hosts[name]}", command], capture_output=True, text=True, check=check
-    )
-
-
 def converge(model, *extra, background=False):
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), str(CONVERGE), "-e"]
-    command += [f"model_weights_controller_dir={model}", *extra]
-    environment = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"))
-    if background:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=900)
-
-
-def recap(output: str) -> dict:
-    return {
-        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
-        for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE)
-    }
+    return ansible_playbook(
+        CONVERGE, "-e", f"model_weights_controller_dir={model}", *extra, background=background, timeout=900
+    )
 
 
 def checksums(cluster, name):

@@ -65,7 +65,7 @@ NETNS_DIR = Path("/run/netns")
 SUITE = "bookworm"
 ROOTFS_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,python3-packaging,"
-    "iproute2,iputils-ping,sudo,rsync,curl,ca-certificates,procps"
+    "iproute2,iputils-ping,sudo,rsync,curl,ca-certificates,procps,libnuma1,g++,python3-dev"
 )
 # Bumped whenever the rootfs recipe changes, so a stale cache is rebuilt.
 ROOTFS_RECIPE = f"2 {SUITE} {ROOTFS_PACKAGES}"

@@ -1,0 +1,65 @@
+# Copyright: Contributors to the llmserve.cluster project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What the integration tests share: the sandbox inventory, ssh into a host, ansible-playbook, the recap."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = REPO_ROOT / "inventories" / "sandbox" / "hosts.yml"
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+
+def sandbox_hosts() -> tuple[dict[str, str], str]:
+    """Host names mapped to addresses, and the SSH key, from the inventory sandbox.py wrote."""
+    inventory = yaml.safe_load(INVENTORY.read_text())["llmserve_cluster"]
+    hosts = {
+        name: values["ansible_host"]
+        for group in inventory["children"].values()
+        for name, values in (group.get("hosts") or {}).items()
+    }
+    return hosts, inventory["vars"]["ansible_ssh_private_key_file"]
+
+
+def ssh(hosts: dict[str, str], key: str, name: str, command: str, check: bool = True, timeout: float = 120):
+    return subprocess.run(
+        ["ssh", "-i", key, *SSH_OPTIONS, f"root@{hosts[name]}", command],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
+def ansible_environment() -> dict[str, str]:
+    """Playbooks run from this checkout with the repository's ansible.cfg (pipelining on)."""
+    return dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(REPO_ROOT / ".build" / "collections"),
+    )
+
+
+def ansible_playbook(playbook: Path | str, *arguments: str, background: bool = False, timeout: float = 1800):
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(INVENTORY), str(playbook), *arguments]
+    if background:
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=ansible_environment(), stdout=subprocess.PIPE, text=True)
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=ansible_environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counts by host."""
+    return {
+        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+        for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE)
+    }
