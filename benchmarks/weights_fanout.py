@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: Contributors to the llmserve.cluster project
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -34,7 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / ".build" / "collections"))
 sys.path.insert(0, str(REPO / "tests"))
 
-import conftest  # noqa: E402,F401 - links the checkout as ansible_collections.llmserve.cluster
+from conftest import link_collection  # noqa: E402
+
+link_collection()
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._weights_manifest import (  # noqa: E402
     build_manifest_from_directory,
@@ -90,7 +91,7 @@ def bench_verify(arguments: argparse.Namespace) -> None:
     write_model(directory, size, arguments.shards)
     files = sorted(str(path) for path in directory.iterdir() if path.is_file())
     total = sum(os.path.getsize(path) for path in files)
-    manifest, _, _ = build_manifest_from_directory(
+    manifest, _unused, _unused = build_manifest_from_directory(
         str(directory), {"kind": "controller_dir"}, workers=arguments.workers
     )
 
@@ -104,7 +105,9 @@ def bench_verify(arguments: argparse.Namespace) -> None:
     results = {}
     for name, function in (("sha256sum", sha256sum), ("verify_full", collection_verify)):
         timed(function)  # warm the page cache the same way for both
-        results[name] = report(name, min(timed(function) for _ in range(arguments.repeat)), total, cpus=os.cpu_count())
+        results[name] = report(
+            name, min(timed(function) for _unused in range(arguments.repeat)), total, cpus=os.cpu_count()
+        )
     ratio = results["verify_full"]["mb_per_s"] / results["sha256sum"]["mb_per_s"]
     print(json.dumps({"summary": "verify", "verify_vs_sha256sum_throughput": round(ratio, 2), "goal": ">= 0.8",
                       "met": ratio >= 0.8, "workers": arguments.workers}))  # fmt: skip

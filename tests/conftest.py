@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS_ROOT = REPO_ROOT / ".build" / "collections"
 
 
-def _link_collection() -> None:
+def link_collection() -> None:
     namespace_dir = COLLECTIONS_ROOT / "ansible_collections" / "llmserve"
     namespace_dir.mkdir(parents=True, exist_ok=True)
     link = namespace_dir / "cluster"
@@ -24,4 +24,4 @@ def _link_collection() -> None:
         sys.path.insert(0, str(COLLECTIONS_ROOT))
 
 
-_link_collection()
+link_collection()

@@ -18,7 +18,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, args = self.validate_argument_spec(
+        _unused, args = self.validate_argument_spec(
             argument_spec=dict(
                 distributions=dict(type="list", elements="str", default=["python", "ray", "vllm", "torch"]),
                 hosts=dict(type="list", elements="str"),

@@ -18,7 +18,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, args = self.validate_argument_spec(argument_spec=dict(hosts=dict(type="list", elements="str")))
+        _unused, args = self.validate_argument_spec(argument_spec=dict(hosts=dict(type="list", elements="str")))
         hosts = play_hosts(task_vars, args["hosts"])
         hostvars = task_vars.get("hostvars") or {}
         report = check_inventory(task_vars.get("groups") or {}, {host: hostvars[host] for host in hosts})
@@ -33,5 +33,5 @@ class ActionModule(ActionBase):
                 ),
             )
         else:
-            result["msg"] = "Inventory checks passed for {} host(s).".format(len(hosts))
+            result["msg"] = f"Inventory checks passed for {len(hosts)} host(s)."
         return result

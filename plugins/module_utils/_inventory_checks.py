@@ -75,9 +75,7 @@ def check_groups(groups: Mapping[str, Sequence[str]], findings: Findings) -> Non
     for head in heads:
         if cluster and head not in cluster:
             findings.errors.append(
-                "Host {} is in ray_head but not in llmserve_cluster; add ray_head as a child of llmserve_cluster.".format(
-                    head
-                )
+                f"Host {head} is in ray_head but not in llmserve_cluster; add ray_head as a child of llmserve_cluster."
             )
 
 
@@ -99,15 +97,15 @@ def check_ssh_keys(hostvars: Mapping[str, Mapping[str, Any]], findings: Findings
         key = variables.get("ansible_ssh_private_key_file") or variables.get("ansible_private_key_file")
         if key and not os.path.isfile(os.path.expanduser(str(key))):
             findings.errors.append(
-                "ansible_ssh_private_key_file for {} is {}, which does not exist on the controller; fix the path "
-                "or create the key.".format(host, key)
+                f"ansible_ssh_private_key_file for {host} is {key}, which does not exist on the controller; "
+                "fix the path or create the key."
             )
 
 
 def _check_port(name: str, value: Any, findings: Findings, host: str) -> Optional[int]:
     port = _as_int(value)
     if port is None or not 1 <= port <= 65535:
-        findings.errors.append("{} on {} is {!r}; use a port number from 1 to 65535.".format(name, host, value))
+        findings.errors.append(f"{name} on {host} is {value!r}; use a port number from 1 to 65535.")
         return None
     return port
 
@@ -127,9 +125,7 @@ def check_settings(host: str, variables: Mapping[str, Any], findings: Findings) 
         fraction = -1.0
     if not 0.0 < fraction <= 1.0:
         findings.errors.append(
-            "llmserve_gpu_memory_utilization on {} is {!r}; use a fraction in (0, 1], e.g. 0.9.".format(
-                host, utilization
-            )
+            f"llmserve_gpu_memory_utilization on {host} is {utilization!r}; use a fraction in (0, 1], e.g. 0.9."
         )
 
     for name in (
@@ -142,22 +138,20 @@ def check_settings(host: str, variables: Mapping[str, Any], findings: Findings) 
         value = variables.get(name, 0)
         number = _as_int(value)
         if number is None or number < 0:
-            findings.errors.append(
-                "{} on {} is {!r}; use a whole number (0 lets the planner choose).".format(name, host, value)
-            )
+            findings.errors.append(f"{name} on {host} is {value!r}; use a whole number (0 lets the planner choose).")
 
     model_path = str(variables.get("llmserve_model_path", ""))
     if not model_path.startswith("/"):
         findings.errors.append(
-            "llmserve_model_path on {} is {!r}; use an absolute path, identical on every node.".format(host, model_path)
+            f"llmserve_model_path on {host} is {model_path!r}; use an absolute path, identical on every node."
         )
 
     if "llmserve_api_key" in variables and variables["llmserve_api_key"] is not None:
         key = str(variables["llmserve_api_key"])
         if not key.strip():
             findings.errors.append(
-                "llmserve_api_key on {} is an empty string; set a real key (from a vault), or leave it unset "
-                "(null) to have the head generate one into a 0600 file.".format(host)
+                f"llmserve_api_key on {host} is an empty string; set a real key (from a vault), or leave it unset "
+                "(null) to have the head generate one into a 0600 file."
             )
 
     ray_ports: Dict[str, int] = {}
@@ -178,9 +172,9 @@ def check_settings(host: str, variables: Mapping[str, Any], findings: Findings) 
     pinned = bool(revision) and bool(COMMIT_SHA.match(str(revision)))
     if trust and not pinned and not variables.get("llmserve_trust_remote_code_unpinned_ok", False):
         findings.errors.append(
-            "llmserve_trust_remote_code is true on {} but model_weights_revision {!r} is not a 40-hex commit SHA: "
-            "the model's Python code could change under you. Pin the revision to a commit, or set "
-            "llmserve_trust_remote_code_unpinned_ok: true to accept that.".format(host, revision)
+            f"llmserve_trust_remote_code is true on {host} but model_weights_revision {revision!r} is not a 40-hex "
+            "commit SHA: the model's Python code could change under you. Pin the revision to a commit, or set "
+            "llmserve_trust_remote_code_unpinned_ok: true to accept that."
         )
 
 

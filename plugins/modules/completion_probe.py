@@ -103,9 +103,35 @@ journal:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import time
 
-from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import completion_probe
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import (
+    completion_request,
+    read_completion,
+)
+
+
+def probe(params):
+    """POST the completion once and time it; connection errors are an outcome, not a failure."""
+    url, body, headers = completion_request(
+        params["url"], params["model"], params["api_key"], params["prompt"], params["max_tokens"]
+    )
+    started = time.monotonic()
+    try:
+        response = open_url(url, data=body, headers=headers, method="POST", timeout=params["timeout"])
+        outcome = read_completion(response.getcode(), response.read())
+    except Exception as exc:  # HTTPError carries the status and body; anything else is "no answer"
+        status = getattr(exc, "code", None)
+        reader = getattr(exc, "read", None)
+        if status is not None and reader is not None:
+            outcome = read_completion(status, reader())
+        else:
+            outcome = {"ok": False, "status": None, "text": None, "error": str(getattr(exc, "reason", exc))}
+    outcome["seconds"] = round(time.monotonic() - started, 3)
+    return outcome
 
 
 def main():
@@ -115,7 +141,7 @@ def main():
             model=dict(type="str", required=True),
             api_key=dict(type="str", no_log=True),
             prompt=dict(type="str", default="Hello"),
-            max_tokens=dict(type="int", default=1),
+            max_tokens=dict(type="int", default=1, no_log=False),
             timeout=dict(type="float", default=60),
             unit=dict(type="str"),
             journal_lines=dict(type="int", default=30),
@@ -123,15 +149,13 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    outcome = completion_probe(
-        params["url"], params["model"], params["api_key"], params["prompt"], params["max_tokens"], params["timeout"]
-    )
+    outcome = probe(params)
     outcome["unit_state"] = None
     if params["unit"]:
-        _, state, _ = module.run_command(["systemctl", "is-active", params["unit"]])
+        _unused, state, _unused = module.run_command(["systemctl", "is-active", params["unit"]])
         outcome["unit_state"] = state.strip() or None
         if not outcome["ok"]:
-            _, journal, _ = module.run_command(
+            _unused, journal, _unused = module.run_command(
                 ["journalctl", "-u", params["unit"], "-n", str(params["journal_lines"]), "--no-pager", "-o", "cat"]
             )
             outcome["journal"] = journal.splitlines()

@@ -53,7 +53,7 @@ def ansible_playbook(playbook: Path | str, *arguments: str, background: bool = F
     if background:
         return subprocess.Popen(command, cwd=REPO_ROOT, env=ansible_environment(), stdout=subprocess.PIPE, text=True)
     return subprocess.run(
-        command, cwd=REPO_ROOT, env=ansible_environment(), capture_output=True, text=True, timeout=timeout
+        command, cwd=REPO_ROOT, env=ansible_environment(), capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -55,7 +55,7 @@ def api_key(hosts, key) -> str:
 
 
 def test_first_converge_succeeds_and_prints_the_plan(deployed):
-    run, _, _ = deployed
+    run, _unused, _unused = deployed
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "| tensor_parallel |" in run.stdout
     assert all(counts["failed"] == 0 and counts["unreachable"] == 0 for counts in recap(run.stdout).values())
@@ -70,7 +70,7 @@ def test_second_converge_changes_nothing(deployed):
 
 
 def test_completion_is_served_by_tensor_parallel_across_both_hosts(deployed):
-    _, hosts, key = deployed
+    _unused, hosts, key = deployed
     answer = completion(hosts["node1"], api_key(hosts, key))
     assert answer["choices"][0]["text"], answer
     assert answer["usage"]["completion_tokens"] >= 1
@@ -83,7 +83,7 @@ def test_completion_is_served_by_tensor_parallel_across_both_hosts(deployed):
 
 
 def test_completion_without_the_api_key_is_refused(deployed):
-    _, hosts, _ = deployed
+    _unused, hosts, _unused = deployed
     with pytest.raises(urllib.error.HTTPError) as refused:
         completion(hosts["node1"], None)
     assert refused.value.code == 401
@@ -96,7 +96,7 @@ def test_check_diff_on_the_deployed_sandbox_reports_nothing(deployed):
 
 
 def test_teardown_leaves_no_unit_process_or_port(deployed):
-    _, hosts, key = deployed
+    _unused, hosts, key = deployed
     run = ansible_playbook(TEARDOWN, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:]
     for name in hosts:

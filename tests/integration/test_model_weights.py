@@ -47,12 +47,12 @@ def converge(model, *extra, background=False):
 
 
 def checksums(cluster, name):
-    hosts, key, _ = cluster
+    hosts, key, _unused = cluster
     return ssh(hosts, key, name, f"cd {MODEL_PATH} && sha256sum config.json model-*").stdout
 
 
 def test_model_reaches_every_host_verified(cluster):
-    hosts, _, model = cluster
+    hosts, _unused, model = cluster
     run = converge(model)
     assert run.returncode == 0, run.stdout[-4000:]
     expected = subprocess.run(
@@ -63,7 +63,7 @@ def test_model_reaches_every_host_verified(cluster):
 
 
 def test_second_run_changes_and_hashes_nothing(cluster):
-    _, _, model = cluster
+    _unused, _unused, model = cluster
     run = converge(model, "-v")
     assert run.returncode == 0, run.stdout[-4000:]
     assert all(counts["changed"] == 0 for counts in recap(run.stdout).values()), recap(run.stdout)
@@ -96,7 +96,7 @@ def test_copy_killed_mid_file_resumes(cluster):
     time.sleep(3)
     pid = ssh(hosts, key, "node1", "pgrep -f 'rsync --bwlimit=4000 --files-from'").stdout.split()[0]
     ssh(hosts, key, "node1", f"kill -TERM {pid}")
-    output, _ = run.communicate(timeout=600)
+    output, _unused = run.communicate(timeout=600)
     assert run.returncode != 0 and "rsync from node1 to node3 exited 20" in output
     partial = ssh(hosts, key, "node3", f"ls {MODEL_PATH}/.rsync-partial").stdout.split()
     assert len(partial) == 1, "the interrupted file waits in the partial dir"

@@ -416,7 +416,7 @@ def run_debootstrap(target: Path, mirror: str) -> None:
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     ) as process:
         try:
-            output, _ = process.communicate(timeout=1800)
+            output, _unused = process.communicate(timeout=1800)
         except BaseException:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -587,14 +587,14 @@ def cgroup_hierarchies() -> list[CgroupHierarchy]:
     """Every cgroup hierarchy mounted here (v1 controllers and v2), each once."""
     own_paths: dict[str, str] = {}  # "memory", "name=systemd", "" (v2) -> this process's cgroup
     for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
+        _unused, controllers, path = line.split(":", 2)
         own_paths[controllers] = path
     hierarchies: list[CgroupHierarchy] = []
     seen: set[str] = set()
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mount_fields, filesystem_fields = line.split(" - ", 1)
         mount_root, mount_point = mount_fields.split()[3:5]
-        filesystem, _, super_options = filesystem_fields.split()[:3]
+        filesystem, _unused, super_options = filesystem_fields.split()[:3]
         if filesystem == "cgroup2":
             key: str | None = ""
         elif filesystem == "cgroup":
@@ -646,7 +646,7 @@ def remove_cgroup_tree(top: Path) -> None:
         return
     directories = sorted((path for path in top.rglob("*") if path.is_dir()), key=lambda p: len(p.parts), reverse=True)
     for directory in [*directories, top]:
-        for _ in range(40):  # cgroups of processes that just died empty out shortly after
+        for _unused in range(40):  # cgroups of processes that just died empty out shortly after
             try:
                 directory.rmdir()
                 break
@@ -1054,7 +1054,7 @@ def command_exec(name: str, command: list[str]) -> int:
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sandbox.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="sandbox.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start node1..nodeN (adds hosts, never removes any)")
     up.add_argument("--hosts", type=int, default=2, help="number of hosts (default 2)")

@@ -51,7 +51,10 @@ def test_group_shape_errors(groups, expected):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"llmserve_backend": "vllm-ray"}, "llmserve_backend on node1 is 'vllm-ray'; use one of native, ray, llama_cpp"),
+        (
+            {"llmserve_backend": "vllm-ray"},
+            "llmserve_backend on node1 is 'vllm-ray'; use one of native, ray, llama_cpp",
+        ),
         ({"llmserve_gpu_memory_utilization": 0}, "llmserve_gpu_memory_utilization on node1 is 0; use a fraction"),
         ({"llmserve_gpu_memory_utilization": 1.2}, "llmserve_gpu_memory_utilization on node1 is 1.2"),
         ({"llmserve_gpu_memory_utilization": "lots"}, "llmserve_gpu_memory_utilization on node1 is 'lots'"),

@@ -68,7 +68,7 @@ def flip_byte(path: str, offset: int) -> None:
 def test_hash_file_matches_sha256sum_and_git(model_dir):
     path = os.path.join(model_dir, "model-00001-of-00002.safetensors")
     digest, size, git_blob_id = hash_file(path, with_git_blob_id=True)
-    assert digest == subprocess.run(["sha256sum", path], capture_output=True, text=True).stdout.split()[0]
+    assert digest == subprocess.run(["sha256sum", path], capture_output=True, text=True, check=True).stdout.split()[0]
     assert size == os.path.getsize(path)
     # git hash-object's definition of a blob id
     with open(path, "rb") as handle:
@@ -77,7 +77,7 @@ def test_hash_file_matches_sha256sum_and_git(model_dir):
 
 
 def test_build_manifest_lists_every_file_once_with_sizes(model_dir):
-    manifest, bytes_hashed, _ = build_manifest_from_directory(model_dir, SOURCE, workers=3)
+    manifest, bytes_hashed, _unused = build_manifest_from_directory(model_dir, SOURCE, workers=3)
     paths = [entry["path"] for entry in manifest["files"]]
     assert paths == sorted(
         ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "original/params.json"]
@@ -130,14 +130,14 @@ def test_validate_manifest_names_the_problem(mutate, message):
 
 
 def test_verify_passes_on_the_same_files(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     result = verify_directory(model_dir, manifest, mode="full")
     assert result.ok and result.bad_files == []
     assert result.files_hashed == 4 and result.bytes_hashed == manifest["total_size"]
 
 
 def test_one_flipped_byte_is_named(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     shard = os.path.join(model_dir, "model-00002-of-00002.safetensors")
     flip_byte(shard, 1234567)
     result = verify_directory(model_dir, manifest, mode="full")
@@ -149,7 +149,7 @@ def test_one_flipped_byte_is_named(model_dir):
 
 
 def test_missing_extra_and_size_mismatch(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     os.unlink(os.path.join(model_dir, "original", "params.json"))
     write(os.path.join(model_dir, "stray.bin"), b"not in the manifest")
     with open(os.path.join(model_dir, "config.json"), "ab") as handle:
@@ -177,7 +177,7 @@ def test_missing_directory_reports_every_file_missing(tmp_path):
 
 
 def test_second_verify_hashes_nothing(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     first, written = verify_and_stamp(model_dir, manifest, stamp_path)
     assert first.ok and written and first.files_hashed == 4 and not first.stamp_used
@@ -188,15 +188,15 @@ def test_second_verify_hashes_nothing(model_dir):
 
 
 def test_full_mode_rehashes_despite_the_stamp(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     verify_and_stamp(model_dir, manifest, stamp_path)
-    result, _ = verify_and_stamp(model_dir, manifest, stamp_path, mode="full")
+    result, _unused = verify_and_stamp(model_dir, manifest, stamp_path, mode="full")
     assert result.files_hashed == 4 and not result.stamp_used
 
 
 def test_mtime_change_forces_a_rehash_of_that_file_only(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     verify_and_stamp(model_dir, manifest, stamp_path)
     config = os.path.join(model_dir, "config.json")
@@ -208,19 +208,19 @@ def test_mtime_change_forces_a_rehash_of_that_file_only(model_dir):
 
 
 def test_stamp_does_not_hide_a_flip_that_changed_mtime(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     verify_and_stamp(model_dir, manifest, stamp_path)
     shard = os.path.join(model_dir, "model-00001-of-00002.safetensors")
     before = os.stat(shard)
     flip_byte(shard, 10)
     os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
-    result, _ = verify_and_stamp(model_dir, manifest, stamp_path)
+    result, _unused = verify_and_stamp(model_dir, manifest, stamp_path)
     assert [(bad.path, bad.reason) for bad in result.bad_files] == [(os.path.basename(shard), "sha256_mismatch")]
 
 
 def test_flip_with_restored_mtime_is_caught_by_ctime_or_full(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     verify_and_stamp(model_dir, manifest, stamp_path)
     shard = os.path.join(model_dir, "model-00001-of-00002.safetensors")
@@ -228,25 +228,25 @@ def test_flip_with_restored_mtime_is_caught_by_ctime_or_full(model_dir):
     flip_byte(shard, 10)
     # Restoring the mtime by hand still moves ctime, which the stamp records.
     os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
-    result, _ = verify_and_stamp(model_dir, manifest, stamp_path)
+    result, _unused = verify_and_stamp(model_dir, manifest, stamp_path)
     assert not result.ok
-    full, _ = verify_and_stamp(model_dir, manifest, stamp_path, mode="full")
+    full, _unused = verify_and_stamp(model_dir, manifest, stamp_path, mode="full")
     assert not full.ok
 
 
 def test_stamp_for_another_sha256_is_not_trusted(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     verify_and_stamp(model_dir, manifest, stamp_path)
     other = json.loads(json.dumps(manifest))
     other["files"][0]["sha256"] = "f" * 64
-    result, _ = verify_and_stamp(model_dir, other, stamp_path)
+    result, _unused = verify_and_stamp(model_dir, other, stamp_path)
     assert [bad.path for bad in result.bad_files] == [other["files"][0]["path"]]
     assert result.files_from_stamp == 3
 
 
 def test_failed_verify_still_stamps_the_good_files(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
     flip_byte(os.path.join(model_dir, "config.json"), 3)
     result, written = verify_and_stamp(model_dir, manifest, stamp_path)
@@ -260,9 +260,9 @@ def test_failed_verify_still_stamps_the_good_files(model_dir):
 
 
 def test_check_mode_writes_no_stamp(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     stamp_path = os.path.join(model_dir, STAMP_NAME)
-    _, written = verify_and_stamp(model_dir, manifest, stamp_path, write=False)
+    _unused, written = verify_and_stamp(model_dir, manifest, stamp_path, write=False)
     assert not written and not os.path.exists(stamp_path)
 
 
@@ -270,7 +270,7 @@ def test_check_mode_writes_no_stamp(model_dir):
 
 
 def test_resolve_manifest_from_mapping_file_and_default(model_dir, tmp_path):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     manifest_path = os.path.join(model_dir, MANIFEST_NAME)
     resolved, must_write = resolve_manifest(manifest, manifest_path)
     assert resolved == manifest and must_write
@@ -299,7 +299,7 @@ def test_write_json_atomic_leaves_no_temporary_file(tmp_path):
 
 
 def test_remove_extra_files_deletes_only_extras(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     write(os.path.join(model_dir, "leftover", "old.bin"), b"x")
     result = verify_directory(model_dir, manifest)
     assert remove_extra_files(model_dir, result.bad_files) == ["leftover/old.bin"]
@@ -339,8 +339,8 @@ def test_hub_entries_without_metadata_are_refused():
 
 def test_complete_hub_manifest_checks_git_blob_ids(model_dir):
     config = os.path.join(model_dir, "config.json")
-    _, size, git_blob_id = hash_file(config, with_git_blob_id=True)
-    shard_digest, shard_size, _ = hash_file(os.path.join(model_dir, "model-00001-of-00002.safetensors"))
+    _unused, size, git_blob_id = hash_file(config, with_git_blob_id=True)
+    shard_digest, shard_size, _unused = hash_file(os.path.join(model_dir, "model-00001-of-00002.safetensors"))
     siblings = [
         {"rfilename": "config.json", "size": size, "blobId": git_blob_id},
         {
@@ -356,7 +356,7 @@ def test_complete_hub_manifest_checks_git_blob_ids(model_dir):
     assert manifest["files"][0] == {"path": "config.json", "size": size, "sha256": hash_file(config)[0]}
 
     siblings[0]["blobId"] = "f" * 40
-    manifest, bad, _ = complete_hub_manifest(model_dir, source, hub_file_entries(siblings))
+    manifest, bad, _unused = complete_hub_manifest(model_dir, source, hub_file_entries(siblings))
     assert manifest == {} and [(item.path, item.reason) for item in bad] == [("config.json", "git_blob_id_mismatch")]
 
 
@@ -368,18 +368,18 @@ def test_revision_warning_only_for_moving_names():
 
 
 def test_rebuild_reuses_the_stamp_and_hashes_only_changed_files(model_dir):
-    manifest, _, entries = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, entries = build_manifest_from_directory(model_dir, SOURCE)
     stamp = {"files": entries}
-    again, hashed_again, _ = build_manifest_from_directory(model_dir, SOURCE, stamp=stamp)
+    again, hashed_again, _unused = build_manifest_from_directory(model_dir, SOURCE, stamp=stamp)
     assert again == manifest and hashed_again == 0
     flip_byte(os.path.join(model_dir, "config.json"), 2)
-    changed, hashed_changed, _ = build_manifest_from_directory(model_dir, SOURCE, stamp=stamp)
+    changed, hashed_changed, _unused = build_manifest_from_directory(model_dir, SOURCE, stamp=stamp)
     assert hashed_changed == os.path.getsize(os.path.join(model_dir, "config.json"))
     assert manifest_digest(changed) != manifest_digest(manifest)
 
 
 def test_new_version_marks_replaced_files_as_updates_and_damage_as_not(model_dir):
-    old, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    old, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     new = json.loads(json.dumps(old))
     new["files"] = [entry for entry in new["files"] if entry["path"] != "original/params.json"]
     new["files"][0]["sha256"] = "e" * 64  # config.json changes in the new version
@@ -400,7 +400,7 @@ def test_new_version_marks_replaced_files_as_updates_and_damage_as_not(model_dir
 
 
 def test_bytes_to_fetch_and_free_bytes(model_dir, tmp_path):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     os.unlink(os.path.join(model_dir, "model-00002-of-00002.safetensors"))
     write(os.path.join(model_dir, "extra.bin"), b"x" * 100)
     result = verify_directory(model_dir, manifest)
@@ -409,7 +409,7 @@ def test_bytes_to_fetch_and_free_bytes(model_dir, tmp_path):
 
 
 def test_size_mode_checks_a_draft_without_hashing(model_dir):
-    manifest, _, _ = build_manifest_from_directory(model_dir, SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(model_dir, SOURCE)
     draft = json.loads(json.dumps(manifest))
     draft["files"][0]["sha256"] = None  # a git file the hub gives no sha256 for
     flip_byte(os.path.join(model_dir, "model-00001-of-00002.safetensors"), 9)

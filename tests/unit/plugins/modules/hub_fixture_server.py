@@ -75,7 +75,7 @@ def _digests(path: str) -> Tuple[str, str, int]:
 
 def load_repo(directory: str, repo_id: str) -> HubState:
     files = {}
-    for root, _, names in os.walk(directory):
+    for root, _unused, names in os.walk(directory):
         for name in names:
             absolute = os.path.join(root, name)
             relative = os.path.relpath(absolute, directory).replace(os.sep, "/")
@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(api_prefix + "/tree/"):
             return self._tree(path[len(api_prefix + "/tree/") :].split("/", 1)[0])
         if path.startswith(f"/{repo}/resolve/"):
-            revision, _, filename = path[len(f"/{repo}/resolve/") :].partition("/")
+            revision, _unused, filename = path[len(f"/{repo}/resolve/") :].partition("/")
             return self._resolve(revision, unquote(filename))
         if path.startswith("/api/models/") or path.count("/resolve/"):
             return self._error(404, "RepoNotFound", "Repository not found")
@@ -227,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         requested = self.headers.get("Range")
         if requested and requested.startswith("bytes="):
-            first, _, last = requested[len("bytes=") :].partition("-")
+            first, _unused, last = requested[len("bytes=") :].partition("-")
             start = int(first)
             end = int(last) if last else repo_file.size - 1
             status = 206
@@ -349,6 +349,6 @@ def write_model_dir(directory: str, shard_sizes: List[int], seed: int = 7) -> Di
             json.dump(document, handle, indent=2)
     return {
         os.path.relpath(os.path.join(root, name), directory): os.path.getsize(os.path.join(root, name))
-        for root, _, names in os.walk(directory)
+        for root, _unused, names in os.walk(directory)
         for name in names
     }

@@ -53,7 +53,7 @@ def test_download_at_a_commit_matches_the_hub_and_stores_the_manifest(hub_repo, 
     target = str(tmp_path / "weights")
     result = download_snapshot(hub.state.repo_id, target, revision=hub.commit, endpoint=hub.endpoint, token="hf_x")
     assert result["changed"] and result["downloaded"] and result["commit"] == hub.commit
-    expected, _, _ = build_manifest_from_directory(
+    expected, _unused, _unused = build_manifest_from_directory(
         source, {"kind": "hub", "repo": hub.state.repo_id, "revision": hub.commit}
     )
     assert result["manifest"] == expected
@@ -69,7 +69,7 @@ def test_download_at_a_commit_matches_the_hub_and_stores_the_manifest(hub_repo, 
 
 
 def test_a_dropped_connection_resumes_with_a_range_request(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     shard = "model-00001-of-00002.safetensors"
     hub.state.drop_once.add(shard)
     target = str(tmp_path / "weights")
@@ -83,7 +83,7 @@ def test_a_dropped_connection_resumes_with_a_range_request(hub_repo, tmp_path):
 
 
 def test_second_run_at_a_commit_does_not_contact_the_hub(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     target = str(tmp_path / "weights")
     download_snapshot(hub.state.repo_id, target, revision=hub.commit, endpoint=hub.endpoint)
     seen = len(hub.state.requests)
@@ -93,7 +93,7 @@ def test_second_run_at_a_commit_does_not_contact_the_hub(hub_repo, tmp_path):
 
 
 def test_branch_revision_resolves_to_a_commit_and_warns(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     result = download_snapshot(hub.state.repo_id, str(tmp_path / "w"), revision="main", endpoint=hub.endpoint)
     assert result["commit"] == hub.commit
     assert result["manifest"]["source"]["revision"] == hub.commit, "the manifest pins what was downloaded"
@@ -101,7 +101,7 @@ def test_branch_revision_resolves_to_a_commit_and_warns(hub_repo, tmp_path):
 
 
 def test_patterns_limit_files_and_manifest(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     target = str(tmp_path / "w")
     result = download_snapshot(
         hub.state.repo_id, target, revision=hub.commit, endpoint=hub.endpoint, allow_patterns=["*.json"]
@@ -115,13 +115,13 @@ def test_patterns_limit_files_and_manifest(hub_repo, tmp_path):
 
 
 def test_unknown_revision_fails(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     with pytest.raises(Exception, match=r"RevisionNotFound|Invalid rev id"):
         download_snapshot(hub.state.repo_id, str(tmp_path / "w"), revision="f" * 40, endpoint=hub.endpoint)
 
 
 def test_a_truncated_file_from_the_hub_is_refused(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     target = str(tmp_path / "w")
     download_snapshot(hub.state.repo_id, target, revision=hub.commit, endpoint=hub.endpoint)
     # The hub now lists a config.json that the local copy does not match (as after a corrupted write).
@@ -141,7 +141,7 @@ print(json.dumps({"changed": result["changed"]}))
 
 
 def test_a_killed_download_keeps_finished_files_and_never_shows_a_half_file(hub_repo, tmp_path):
-    hub, _ = hub_repo
+    hub, _unused = hub_repo
     shard = "model-00001-of-00002.safetensors"
     hub.state.stall_once.add(shard)
     target = tmp_path / "weights"

@@ -68,7 +68,7 @@ def cluster(tmp_path, monkeypatch):
     write_model_dir(str(tmp_path / "n0"), [6 * 1024 * 1024, 5 * 1024 * 1024, 4 * 1024 * 1024])
     for name in ("n1", "n2"):
         (tmp_path / name).mkdir()
-    manifest, _, _ = build_manifest_from_directory(str(tmp_path / "n0"), SOURCE)
+    manifest, _unused, _unused = build_manifest_from_directory(str(tmp_path / "n0"), SOURCE)
     return tmp_path, str(fake_ssh), manifest
 
 

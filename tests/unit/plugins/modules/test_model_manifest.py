@@ -41,9 +41,9 @@ def run_module(arguments: dict, check: bool = False) -> dict:
         ANSIBLE_LOCALHOST_WARNING="false",
         ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
     )
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
     # One-line output: "localhost | SUCCESS => {...}" or "localhost | FAILED! => {...}"
-    status, _, payload = completed.stdout.partition(" => ")
+    status, _unused, payload = completed.stdout.partition(" => ")
     result = json.loads(payload)
     result["_failed"] = "FAILED" in status
     return result
