@@ -102,7 +102,7 @@ def test_teardown_leaves_no_unit_process_or_port(deployed):
     for name in hosts:
         units = ssh(hosts, key, name, "ls /etc/systemd/system/ | grep -E 'vllm|ray-' || true").stdout
         assert units.strip() == "", (name, units)
-        processes = ssh(hosts, key, name, "pgrep -af 'vllm|ray::|raylet|gcs_server' || true").stdout
+        processes = ssh(hosts, key, name, "pgrep -af '[v]llm|[r]ay::|[r]aylet|[g]cs_server' || true").stdout
         assert processes.strip() == "", (name, processes)
         ports = ssh(hosts, key, name, f"ss -Hltn 'sport = :{API_PORT} or sport = :29555' || true").stdout
         assert ports.strip() == "", (name, ports)
