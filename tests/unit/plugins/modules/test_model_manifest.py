@@ -5,48 +5,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from adhoc import run_module as run_adhoc
 from hub_fixture_server import write_model_dir
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._weights_manifest import MANIFEST_NAME, STAMP_NAME
 
-COLLECTIONS_ROOT = Path(__file__).resolve().parents[4] / ".build" / "collections"
-ANSIBLE = str(Path(sys.executable).parent / "ansible")
-
 
 def run_module(arguments: dict, check: bool = False) -> dict:
-    command = [
-        ANSIBLE,
-        "localhost",
-        "-c",
-        "local",
-        "-m",
-        "llmserve.cluster.model_manifest",
-        "-a",
-        json.dumps(arguments),
-    ]
-    command += ["-e", f"ansible_python_interpreter={sys.executable}", "-o"]
-    if check:
-        command.append("--check")
-    environment = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT),
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
-    # One-line output: "localhost | SUCCESS => {...}" or "localhost | FAILED! => {...}"
-    status, _unused, payload = completed.stdout.partition(" => ")
-    result = json.loads(payload)
-    result["_failed"] = "FAILED" in status
-    return result
+    return run_adhoc("model_manifest", arguments, check)
 
 
 @pytest.fixture

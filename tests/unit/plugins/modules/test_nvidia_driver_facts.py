@@ -5,17 +5,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from adhoc import run_module as run_adhoc
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia_driver"
-COLLECTIONS_ROOT = Path(__file__).resolve().parents[4] / ".build" / "collections"
-ANSIBLE = str(Path(sys.executable).parent / "ansible")
 
 UBUNTU_2204 = {
     "distribution": "Ubuntu",
@@ -26,22 +21,7 @@ UBUNTU_2204 = {
 
 
 def run_module(arguments: dict, check: bool = False) -> dict:
-    command = [ANSIBLE, "localhost", "-c", "local", "-m", "llmserve.cluster.nvidia_driver_facts"]
-    command += ["-a", json.dumps(arguments), "-e", f"ansible_python_interpreter={sys.executable}", "-o"]
-    if check:
-        command.append("--check")
-    environment = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT),
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
-    )
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
-    status, _separator, payload = completed.stdout.partition(" => ")
-    assert payload, completed.stdout + completed.stderr
-    result = json.loads(payload)
-    result["_failed"] = "FAILED" in status
-    return result
+    return run_adhoc("nvidia_driver_facts", arguments, check)
 
 
 def write_host_tree(root: Path, pci_listing: str, proc_version: str | None = None) -> Path:

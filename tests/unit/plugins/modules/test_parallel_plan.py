@@ -203,27 +203,13 @@ def test_action_reports_no_fit_with_suggestions():
 def test_action_uses_node_devices_for_the_cpu_sandbox(monkeypatch, capsys, nvml_replay, tmp_path):
     # The sandbox: a tiny random Llama (hidden 256, 4 heads of 64, 2 KV heads, 4 layers, vocab 512) on two hosts
     # without GPUs, each described as one CPU device whose memory is its KV cache space; TP 2 across them.
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": 256,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 512,
-        "max_position_embeddings": 2048,
-        "torch_dtype": "bfloat16",
-    }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    header = json.dumps({"model.embed_tokens.weight": {"dtype": "BF16", "shape": [512, 256], "data_offsets": [0, 0]}})
-    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
     bare = gpu_facts_of("no_library.json", monkeypatch, capsys, nvml_replay)
     task_vars = play_vars({"node-b": bare, "node-a": bare})
     for host in ("node-a", "node-b"):
         task_vars["hostvars"][host]["llmserve_node_devices"] = {"gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"}
     result = run_action(
-        {"model_dir": str(tmp_path), "tensor_parallel_size": 2, "head": "node-a", "max_model_len": 256}, task_vars
+        {"model_dir": str(MODELS / "tiny-llama"), "tensor_parallel_size": 2, "head": "node-a", "max_model_len": 256},
+        task_vars,
     )
     assert not result.get("failed"), result.get("msg")
     plan = result["plan"]
