@@ -14,7 +14,13 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INVENTORY = REPO_ROOT / "inventories" / "sandbox" / "hosts.yml"
+# The sandbox slot this run uses (LLMSERVE_SANDBOX_SLOT, see tests/sandbox/sandbox.py); 0 in CI.
+SANDBOX_SLOT = int(os.environ.get("LLMSERVE_SANDBOX_SLOT", "0"))
+INVENTORY = (
+    REPO_ROOT / "inventories" / "sandbox" / "hosts.yml"
+    if SANDBOX_SLOT == 0
+    else REPO_ROOT / ".build" / f"sandbox-slot{SANDBOX_SLOT}" / "hosts.yml"
+)
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
 
 
@@ -63,3 +69,22 @@ def recap(output: str) -> dict[str, dict[str, int]]:
         host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
         for host, counts in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.MULTILINE)
     }
+
+
+def prepare_sandbox_caches() -> None:
+    """The wheelhouse and the tiny model every deploy installs from (each a no-op when current)."""
+    for script in (["wheelhouse.py"], ["make_tiny_model.py", "--ensure-venv"]):
+        subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "sandbox" / script[0]), *script[1:]], check=True)
+
+
+def ensure_native_cluster(run_sandbox, hosts: int = 2, *arguments: str):
+    """A converged native deployment on HOSTS sandbox hosts, reusing whatever is already up.
+
+    `up` only adds hosts and a converged cluster re-runs in seconds, so modules that need a serving
+    cluster share one instead of each paying for a first deploy. Fails the test when deploy fails.
+    """
+    run_sandbox("up", "--hosts", str(hosts), timeout=900)
+    prepare_sandbox_caches()
+    run = ansible_playbook(REPO_ROOT / "playbooks" / "deploy.yml", *arguments, timeout=2400)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    return run

@@ -24,6 +24,10 @@ node1..node3 alone. Hosts that were killed are booted again. The inventory is wr
 ``inventories/sandbox/hosts.yml`` (groups ``llmserve_cluster`` > ``ray_head`` = node1,
 ``ray_workers`` = the rest), with the SSH key in ``inventories/sandbox/.ssh/id_ed25519``.
 
+``LLMSERVE_SANDBOX_SLOT=N`` (1..9) runs an independent sandbox beside the default one: bridge
+``llmsbrN``, subnet 10.77.N.0/24, inventory ``.build/sandbox-slotN/hosts.yml`` (``sandbox.py
+inventory`` prints it), its own disks and state. Every command acts on its slot only.
+
 Inside every host, ``/srv/wheelhouse`` and ``/srv/shared-models`` are read-only views of
 ``/var/cache/llmserve-sandbox/{wheelhouse,models}``, the shared storage real clusters have. Fill
 those directories in place: a directory renamed over them is only seen by hosts booted after it.
@@ -48,16 +52,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INVENTORY_DIR = REPO_ROOT / "inventories" / "sandbox"
+SANDBOX_INVENTORY_DIR = REPO_ROOT / "inventories" / "sandbox"
+# Independent sandboxes side by side (one per developer or test run): slot N gets its own bridge,
+# subnet 10.77.N.0/24, host disks, state and inventory. Slot 0 is the default the README and CI use.
+SLOT = int(os.environ.get("LLMSERVE_SANDBOX_SLOT", "0"))
+if not 0 <= SLOT <= 9:
+    sys.exit("sandbox: LLMSERVE_SANDBOX_SLOT must be 0..9")
+# Slots other than 0 keep their inventory out of inventories/sandbox, so `-i inventories/sandbox`
+# never merges two sandboxes; a group_vars link gives them the same deploy settings.
+INVENTORY_DIR = SANDBOX_INVENTORY_DIR if SLOT == 0 else REPO_ROOT / ".build" / f"sandbox-slot{SLOT}"
 INVENTORY_FILE = INVENTORY_DIR / "hosts.yml"
 SSH_KEY = INVENTORY_DIR / ".ssh" / "id_ed25519"
+SLOT_SUFFIX = "" if SLOT == 0 else f"-slot{SLOT}"
 
 CACHE_DIR = Path("/var/cache/llmserve-sandbox")
 ROOTFS = CACHE_DIR / "rootfs-bookworm"
 WHEELHOUSE = CACHE_DIR / "wheelhouse"
 MODELS = CACHE_DIR / "models"
-HOSTS_DIR = Path("/var/lib/llmserve-sandbox/hosts")
-RUN_DIR = Path("/run/llmserve-sandbox")
+HOSTS_DIR = Path("/var/lib/llmserve-sandbox/hosts" + SLOT_SUFFIX)
+RUN_DIR = Path("/run/llmserve-sandbox" + SLOT_SUFFIX)
 STATE_FILE = RUN_DIR / "state.json"
 LOCK_FILE = RUN_DIR / "lock"
 NETNS_DIR = Path("/run/netns")
@@ -73,14 +86,14 @@ ROOTFS_MARKER = "etc/llmserve-sandbox-rootfs"
 # Units that drive a terminal or devices; a host has neither.
 MASKED_UNITS = ("console-getty.service", "getty@.service", "serial-getty@.service", "systemd-udevd.service")
 
-NAME_PREFIX = "llms-"  # netns, host-side veth; the bridge is llmsbr0, so "llms" finds them all
-BRIDGE = "llmsbr0"
-NETWORK_PREFIX = "10.77.0."
+NAME_PREFIX = "llms-" if SLOT == 0 else f"llms{SLOT}-"  # netns and host-side veth names
+BRIDGE = f"llmsbr{SLOT}"
+NETWORK_PREFIX = f"10.77.{SLOT}."
 BRIDGE_ADDRESS = NETWORK_PREFIX + "1"
-BRIDGE_MAC_ADDRESS = "02:4c:4d:00:00:01"
+BRIDGE_MAC_ADDRESS = f"02:4c:4d:{SLOT:02x}:00:01"
 PREFIX_LENGTH = 24
 MAX_HOSTS = 50
-CGROUP_GROUP = "llmserve-sandbox"
+CGROUP_GROUP = "llmserve-sandbox" + SLOT_SUFFIX
 # Bridged frames must not pass through this machine's iptables: a FORWARD rule could drop them.
 BRIDGE_SYSCTLS = {
     "net.bridge.bridge-nf-call-iptables": "0",
@@ -162,7 +175,7 @@ class Host:
 
     @property
     def mac_address(self) -> str:
-        return f"02:4c:4d:00:00:{10 + self.index:02x}"
+        return f"02:4c:4d:{SLOT:02x}:00:{10 + self.index:02x}"
 
     @property
     def directory(self) -> Path:
@@ -515,6 +528,10 @@ def write_inventory(hosts: list[Host]) -> None:
         "    ray_workers:",
         *host_block(workers),
     ]
+    INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
+    group_vars = INVENTORY_DIR / "group_vars"
+    if SLOT != 0 and not group_vars.is_symlink():
+        group_vars.symlink_to(SANDBOX_INVENTORY_DIR / "group_vars")
     write_file(INVENTORY_FILE, "\n".join(lines) + "\n", 0o644)
 
 
@@ -855,7 +872,8 @@ def sandbox_mount_points() -> list[str]:
 
 
 def sandbox_links() -> list[str]:
-    return sorted(path.name for path in Path("/sys/class/net").iterdir() if path.name.startswith("llms"))
+    names = Path("/sys/class/net").iterdir()
+    return sorted(path.name for path in names if path.name.startswith(NAME_PREFIX) or path.name == BRIDGE)
 
 
 def sandbox_netns() -> list[str]:
@@ -957,8 +975,10 @@ def command_down(keep_disks: bool) -> int:
         run(["umount", str(NETNS_DIR)])
     for group in sandbox_cgroup_groups():
         remove_cgroup_tree(group)
-    for name, value in state.saved_sysctls.items():
-        write_sysctl(name, value)
+    # The sysctls are machine-wide: leave them while another slot's bridge still needs them.
+    if not any(Path("/sys/class/net").glob("llmsbr*")):
+        for name, value in state.saved_sysctls.items():
+            write_sysctl(name, value)
     if not keep_disks and HOSTS_DIR.exists():
         remove_tree(HOSTS_DIR)
     STATE_FILE.unlink(missing_ok=True)
@@ -1062,6 +1082,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     down.add_argument("--keep-disks", action="store_true", help="keep the hosts' overlay disks for the next up")
     commands.add_parser("status", help="table of hosts; leftovers when none is defined")
     commands.add_parser("leftovers", help="list what a sandbox left on this machine; exit 1 if anything")
+    commands.add_parser("inventory", help="print the path of this slot's inventory file")
     for name, text in (
         ("kill", "power loss: SIGKILL the host's systemd, keep its disk"),
         ("start", "boot a powered-off host from its disk"),
@@ -1091,6 +1112,9 @@ def main(argv: list[str]) -> int:
             return command_status()
         if arguments.command == "leftovers":
             return command_leftovers()
+        if arguments.command == "inventory":
+            print(INVENTORY_FILE)
+            return 0
         with sandbox_lock():
             if arguments.command == "up":
                 return command_up(arguments.hosts)
