@@ -11,10 +11,17 @@ module: validate_inventory
 short_description: Check the inventory's groups and llmserve settings before any host changes
 version_added: 0.1.0
 description:
-  - Runs on the controller. Checks that C(ray_head) has exactly one host inside C(llmserve_cluster),
-    that no machine is listed twice, that SSH keys exist, and that the C(llmserve_*) settings are valid
-    (backend, memory fraction, parallel sizes, model path, API key, ports and their clashes with Ray's,
-    C(trust_remote_code) without a pinned revision).
+  - Runs on the controller and contacts no host. Reads each host's variables as its tasks would see them (the
+    collection's role defaults, overridden by the inventory and C(-e)).
+  - Checks that C(ray_head) has exactly one host inside C(llmserve_cluster), that no machine is listed twice and no
+    C(VLLM_HOST_IP) is forced equal on several hosts, that SSH keys exist, and that the C(llmserve_*) settings are
+    valid (backend, model source, memory fraction, parallel sizes, model path, served model name, API key, ports and
+    their clashes with each other and with Ray's, C(llmserve_cluster_network), C(llmserve_node_devices)).
+  - Refuses version pins and other cluster-wide settings that differ between hosts.
+  - For a C(controller_dir) model, reads its C(config.json) and refuses a C(tensor_parallel_size) vLLM would refuse
+    for it, a C(pipeline_parallel_size) above its layer count and a C(max_model_len) above its maximum.
+  - Refuses C(--trust-remote-code) in C(vllm_serve_extra_args) for a hub model whose revision is not a 40-hex
+    commit SHA, unless C(llmserve_trust_remote_code_unpinned_ok) is true; warns when a hub revision is not a commit.
   - Every problem names the variable and the host, and says how to fix it. All problems are reported at once.
   - This is an action plugin; this file documents it.
 author: llmserve.cluster contributors (@llmserve)
