@@ -1227,8 +1227,25 @@ def plan_from_params(
 ) -> Plan:
     """What the module does: read the model, validate the cluster and options, and plan."""
     spec = load_spec_from_params(params, fetch_file, fetch_parameter_count)
-    cluster = head_first(parse_cluster(params.get("cluster")), params.get("head"))
+    cluster = head_first(
+        without_nodes(parse_cluster(params.get("cluster")), params.get("exclude_nodes") or [], params.get("head")),
+        params.get("head"),
+    )
     return plan(spec, cluster, options_from_params(params))
+
+
+def without_nodes(cluster: List[ClusterNode], excluded: Sequence[str], head: Optional[str]) -> List[ClusterNode]:
+    """The cluster less the nodes being decommissioned; the head must stay."""
+    if head and head in excluded:
+        raise PlanError(
+            f"exclude_nodes: {head} is the head (rank 0) and cannot leave; make another host the head "
+            "(the ray_head group) first.",
+            "exclude_nodes",
+        )
+    remaining = [node for node in cluster if node.name not in excluded]
+    if not remaining:
+        raise PlanError("exclude_nodes leaves no node to plan for.", "exclude_nodes")
+    return remaining
 
 
 def head_first(cluster: List[ClusterNode], head: Optional[str]) -> List[ClusterNode]:

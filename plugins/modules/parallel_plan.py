@@ -86,6 +86,13 @@ options:
       - Name of the node that hosts rank 0 (the Ray head, or rank 0 of vLLM's native multi-node mode). It is moved to
         the front of O(cluster); the other nodes keep their order.
     type: str
+  exclude_nodes:
+    description:
+      - Nodes of O(cluster) (or of the play) to leave out of the plan, such as hosts being decommissioned.
+      - The head cannot be left out; name another head first.
+    type: list
+    elements: str
+    default: []
   max_model_len:
     description: Longest request (prompt plus output) in tokens. Defaults to the model's own maximum.
     type: int
@@ -294,6 +301,7 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     head=dict(type="str"),
+    exclude_nodes=dict(type="list", elements="str", default=[]),
     max_model_len=dict(type="int"),
     gpu_memory_utilization=dict(type="float", default=0.9),
     kv_cache_dtype=dict(type="str", default="auto", choices=list(KV_CACHE_DTYPE_BYTES)),

@@ -42,3 +42,31 @@ def run_sandbox(*arguments: str, timeout: float = 300, check: bool = True) -> su
 def sandbox_cli() -> SandboxCLI:
     """The sandbox command: ``sandbox_cli("up", "--hosts", "2")``, ``sandbox_cli("kill", "node2")``."""
     return run_sandbox
+
+
+# Modules share the sandbox, so their order is part of the design: checks that must see untouched
+# hosts first, then the first deploy, then modules that reuse the serving cluster, the ones that
+# break it on purpose, and those that start over with other host counts. Unlisted modules run last.
+MODULE_ORDER = (
+    "test_bad_inputs",
+    "test_deploy_native",
+    "test_security",
+    "test_status_restart",
+    "test_nccl_check",
+    "test_benchmark",
+    "test_fault_drills",
+    "test_scale",
+    "test_model_weights",
+    "test_ray_cluster",
+    "test_batch",
+    "test_llama_cpp",
+    "test_sandbox",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def position(item: pytest.Item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=position)  # stable: tests keep their order within a module

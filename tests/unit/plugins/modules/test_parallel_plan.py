@@ -275,3 +275,26 @@ def test_module_max_model_len_above_what_fits(capsys):
     assert rc == 1 and result["field"] == "max_model_len"
     assert "fewer than one request of max_model_len 131,072" in result["msg"]
     assert any(suggestion.startswith("max_model_len ") for suggestion in result["suggestions"])
+
+
+def test_a_decommissioned_node_leaves_the_plan(capsys):
+    three = [*A10_NODES, {"name": "pod3", "gpus": 1, "gpu_memory_mib": 23028, "gpu_name": "NVIDIA A10"}]
+    args = {"model_dir": str(MODELS / "Qwen-14B-Chat"), "cluster": three, "head": "pod1"}
+    rc, result = run_module(capsys, dict(args, exclude_nodes=["pod2"]))
+    assert rc == 0
+    assert [node["name"] for node in result["plan"]["nodes"]] == ["pod1", "pod3"]
+
+
+def test_the_head_cannot_be_decommissioned(capsys):
+    args = {"model_dir": str(MODELS / "Qwen-14B-Chat"), "cluster": A10_NODES, "head": "pod1"}
+    rc, result = run_module(capsys, dict(args, exclude_nodes=["pod1"]))
+    assert rc == 1 and result["failed"] is True
+    assert result["field"] == "exclude_nodes"
+    assert "pod1 is the head" in result["msg"] and "ray_head" in result["msg"]
+
+
+def test_decommissioning_below_what_the_model_needs_says_what_would_fit(capsys):
+    args = {"model_dir": str(MODELS / "Qwen-14B-Chat"), "cluster": A10_NODES, "head": "pod1"}
+    rc, result = run_module(capsys, dict(args, exclude_nodes=["pod2"]))
+    assert rc == 1
+    assert "does not fit on 1 node" in result["msg"]
