@@ -1,0 +1,124 @@
+# Copyright: Contributors to the llmserve.cluster project
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""playbooks/deploy.yml with llmserve_backend llama_cpp on three sandbox hosts: llama-server on node1,
+ggml-rpc-server on node2 and node3, the tiny GGUF model split across both RPC workers.
+
+llama.cpp is built on CPU from the source cached by tests/sandbox/make_tiny_gguf.py; the binaries are
+kept in /var/cache/llmserve-sandbox/llama-cpp/builds, so only the first run on a machine compiles
+(~5 min on 2 cores) and later runs copy. Checks behaviour: a completion through the API key, refused
+without it, both workers holding layers; a re-run with changed=0; the planner's estimate against the
+buffers llama-server logs per device (within 10%); teardown leaves no unit, process or port.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ansible_collections.llmserve.cluster.plugins.module_utils._llama_server_log import compare, parse_memory
+
+from .helpers import REPO_ROOT, ansible_playbook, recap, sandbox_hosts, ssh
+
+DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
+TEARDOWN = REPO_ROOT / "playbooks" / "teardown.yml"
+BACKEND_VARS = REPO_ROOT / "tests" / "integration" / "llama_cpp" / "backend.yml"
+API_PORT = 8000
+RPC_PORT = 50052
+MODEL_NAME = "tiny-llama"
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(scope="module")
+def deployed(sandbox_cli):
+    """Three hosts serving the tiny GGUF model; whatever served before is torn down first (port 8000)."""
+    sandbox_cli("up", "--hosts", "3", timeout=900)
+    subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "sandbox" / "make_tiny_gguf.py")], check=True)
+    cleared = ansible_playbook(TEARDOWN, timeout=600)
+    assert cleared.returncode == 0, cleared.stdout[-4000:]
+    run = ansible_playbook(DEPLOY, "-e", f"@{BACKEND_VARS}", timeout=3600)
+    hosts, key = sandbox_hosts()
+    return run, hosts, key
+
+
+def completion(address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4) -> dict:
+    body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"http://{address}:{API_PORT}/v1/completions", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def server_log(hosts, key) -> str:
+    return ssh(hosts, key, "node1", "journalctl -u llama-server.service --no-pager -o cat").stdout
+
+
+def test_first_converge_builds_and_prints_the_estimate(deployed):
+    run, _unused, _unused = deployed
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert "LAYERS (I + T + O)" in run.stdout
+    assert all(counts["failed"] == 0 and counts["unreachable"] == 0 for counts in recap(run.stdout).values())
+
+
+def test_completion_is_served_with_layers_on_both_rpc_workers(deployed):
+    _unused, hosts, key = deployed
+    api_key = ssh(hosts, key, "node1", "cat /etc/llmserve/api-key").stdout.strip()
+    answer = completion(hosts["node1"], api_key)
+    assert answer["choices"][0]["text"], answer
+    assert answer["usage"]["completion_tokens"] >= 1
+    memory = parse_memory(server_log(hosts, key))
+    for worker in ("node2", "node3"):
+        device = f"RPC0[{hosts[worker]}:{RPC_PORT}]"
+        assert memory.get(device, {}).get("model_mib", 0) > 0, (device, memory)
+
+
+def test_rpc_servers_listen_on_the_cluster_address_only(deployed):
+    _unused, hosts, key = deployed
+    for worker in ("node2", "node3"):
+        listening = ssh(hosts, key, worker, f"ss -Hltn 'sport = :{RPC_PORT}'").stdout.split()
+        assert f"{hosts[worker]}:{RPC_PORT}" in listening, (worker, listening)
+        assert f"0.0.0.0:{RPC_PORT}" not in listening and f"*:{RPC_PORT}" not in listening
+
+
+def test_completion_without_the_api_key_is_refused(deployed):
+    _unused, hosts, _unused = deployed
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        completion(hosts["node1"], None)
+    assert refused.value.code == 401
+
+
+def test_second_converge_changes_nothing_and_builds_nothing(deployed):
+    run = ansible_playbook(DEPLOY, "-e", f"@{BACKEND_VARS}", timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:]
+    counts = recap(run.stdout)
+    assert set(counts) == {"node1", "node2", "node3"}
+    assert all(host_counts["changed"] == 0 for host_counts in counts.values()), counts
+    assert "Configure and build llama-server" not in run.stdout
+
+
+def test_estimate_matches_the_buffers_llama_server_logs(deployed):
+    _unused, hosts, key = deployed
+    plan = json.loads(ssh(hosts, key, "node1", "cat /etc/llmserve/plan.json").stdout)
+    comparison = compare(plan, parse_memory(server_log(hosts, key)), tolerance=0.10)
+    assert comparison["within"], json.dumps(comparison, indent=1)
+
+
+def test_teardown_leaves_no_unit_process_or_port(deployed):
+    _unused, hosts, key = deployed
+    run = ansible_playbook(TEARDOWN, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    for name in hosts:
+        units = ssh(hosts, key, name, "ls /etc/systemd/system/ | grep -E 'llama' || true").stdout
+        assert units.strip() == "", (name, units)
+        processes = ssh(hosts, key, name, "pgrep -af '[l]lama-server|[g]gml-rpc-server' || true").stdout
+        assert processes.strip() == "", (name, processes)
+        ports = ssh(hosts, key, name, f"ss -Hltn 'sport = :{API_PORT} or sport = :{RPC_PORT}' || true").stdout
+        assert ports.strip() == "", (name, ports)
