@@ -146,7 +146,7 @@ def ensure_source() -> tuple[Path, Path]:
 def ensure_build_tools() -> None:
     """cmake and ninja wheels for the hosts' build venv, next to the runtime wheels."""
     present = {path.name.split("-")[0].lower() for path in WHEELHOUSE.glob("*.whl")}
-    wanted = [spec for spec in BUILD_TOOL_WHEELS if spec.split("==")[0] not in present]
+    wanted = [spec for spec in BUILD_TOOL_WHEELS if spec.split("==", maxsplit=1)[0] not in present]
     if not wanted:
         return
     sys.path.insert(0, str(HERE))
