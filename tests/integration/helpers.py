@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -88,3 +90,31 @@ def ensure_native_cluster(run_sandbox, hosts: int = 2, *arguments: str):
     run = ansible_playbook(REPO_ROOT / "playbooks" / "deploy.yml", *arguments, timeout=2400)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     return run
+
+
+# The sandbox's endpoint: the tiny model on the head's cluster address (vllm_serve and llama_cpp alike).
+API_PORT = 8000
+MODEL_NAME = "tiny-llama"
+
+
+def completion(address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4) -> dict:
+    """A completion from this machine; raises urllib.error.HTTPError on a refusal (401) or a failure."""
+    body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"http://{address}:{API_PORT}/v1/completions", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def completion_answers(hosts: dict[str, str], key: str, timeout: int = 120) -> bool:
+    """Whether the endpoint answers a completion, asked on node1 with the API key kept there."""
+    command = (
+        f"curl -sf -m {timeout} -H 'Content-Type: application/json' "
+        '-H "Authorization: Bearer $(cat /etc/llmserve/api-key)" '
+        f"http://{hosts['node1']}:{API_PORT}/v1/completions "
+        f'-d \'{{"model": "{MODEL_NAME}", "prompt": "Hello", "max_tokens": 1}}\''
+    )
+    answer = ssh(hosts, key, "node1", command, check=False, timeout=timeout + 30)
+    return answer.returncode == 0 and '"choices"' in answer.stdout

@@ -10,7 +10,6 @@ host; --check --diff reports nothing; teardown leaves no unit, process or port b
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import urllib.error
@@ -18,12 +17,10 @@ import urllib.request
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, recap, sandbox_hosts, ssh
+from .helpers import API_PORT, REPO_ROOT, ansible_playbook, completion, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 TEARDOWN = REPO_ROOT / "playbooks" / "teardown.yml"
-API_PORT = 8000
-MODEL_NAME = "tiny-llama"
 
 pytestmark = pytest.mark.sandbox
 
@@ -38,16 +35,6 @@ def deployed(sandbox_cli):
     run = ansible_playbook(DEPLOY, timeout=2400)
     hosts, key = sandbox_hosts()
     return run, hosts, key
-
-
-def completion(address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4) -> dict:
-    body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(f"http://{address}:{API_PORT}/v1/completions", data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
 
 
 def api_key(hosts, key) -> str:

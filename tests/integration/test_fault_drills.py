@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, ensure_native_cluster, recap, sandbox_hosts, ssh
+from .helpers import REPO_ROOT, ansible_playbook, completion_answers, ensure_native_cluster, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 STATUS = REPO_ROOT / "playbooks" / "status.yml"
@@ -40,15 +40,6 @@ def snapshot(hosts, key) -> dict:
         name: (ssh(hosts, key, name, WEIGHTS_LISTING).stdout, ssh(hosts, key, name, KEPT, check=False).stdout)
         for name in ("node1", "node2")
     }
-
-
-def completion_answers(hosts, key, timeout: int = 60) -> bool:
-    command = (
-        f'curl -sf -m {timeout} -H "Authorization: Bearer $(cat /etc/llmserve/api-key)" '
-        f"-H 'Content-Type: application/json' http://{hosts['node1']}:8000/v1/completions "
-        '-d \'{"model": "tiny-llama", "prompt": "Hello", "max_tokens": 1}\''
-    )
-    return ssh(hosts, key, "node1", command, check=False, timeout=timeout + 30).returncode == 0
 
 
 def repaired_by_one_run(hosts, key, before: dict) -> None:

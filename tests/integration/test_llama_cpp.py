@@ -23,14 +23,12 @@ import pytest
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._llama_server_log import compare, parse_memory
 
-from .helpers import REPO_ROOT, ansible_playbook, recap, sandbox_hosts, ssh
+from .helpers import API_PORT, REPO_ROOT, ansible_playbook, completion, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 TEARDOWN = REPO_ROOT / "playbooks" / "teardown.yml"
 BACKEND_VARS = REPO_ROOT / "tests" / "integration" / "llama_cpp" / "backend.yml"
-API_PORT = 8000
 RPC_PORT = 50052
-MODEL_NAME = "tiny-llama"
 
 pytestmark = pytest.mark.sandbox
 
@@ -45,16 +43,6 @@ def deployed(sandbox_cli):
     run = ansible_playbook(DEPLOY, "-e", f"@{BACKEND_VARS}", timeout=3600)
     hosts, key = sandbox_hosts()
     return run, hosts, key
-
-
-def completion(address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4) -> dict:
-    body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(f"http://{address}:{API_PORT}/v1/completions", data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
 
 
 def server_log(hosts, key) -> str:

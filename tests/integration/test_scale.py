@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, ensure_native_cluster, recap, sandbox_hosts, ssh
+from .helpers import REPO_ROOT, ansible_playbook, completion_answers, ensure_native_cluster, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 
@@ -35,15 +35,6 @@ def started_at(hosts, key, name: str) -> str:
 def plan_nodes(hosts, key, name: str = "node1") -> list[str]:
     plan = json.loads(ssh(hosts, key, name, "cat /etc/llmserve/plan.json").stdout)
     return [node["name"] for node in plan["nodes"]]
-
-
-def completion_ok(hosts, key) -> bool:
-    command = (
-        "curl -sf -H \"Authorization: Bearer $(cat /etc/llmserve/api-key)\" -H 'Content-Type: application/json' "
-        f"http://{hosts['node1']}:8000/v1/completions "
-        '-d \'{"model": "tiny-llama", "prompt": "Hello", "max_tokens": 1}\''
-    )
-    return ssh(hosts, key, "node1", command, check=False).returncode == 0
 
 
 def test_a_spare_node_gets_runtime_and_weights_and_restarts_nothing(cluster):
@@ -74,7 +65,7 @@ def test_decommissioning_below_what_the_model_needs_is_refused_before_any_change
     assert run.returncode != 0
     assert "does not fit" in run.stdout or "needs 2 GPUs" in run.stdout, run.stdout[-4000:]
     assert all(counts.get("changed", 0) == 0 for counts in recap(run.stdout).values())
-    assert started_at(hosts, key, "node2") == before and completion_ok(hosts, key)
+    assert started_at(hosts, key, "node2") == before and completion_answers(hosts, key)
 
 
 def test_decommissioning_a_serving_worker_moves_its_rank_and_shows_both_plans(cluster):
@@ -88,7 +79,7 @@ def test_decommissioning_a_serving_worker_moves_its_rank_and_shows_both_plans(cl
     assert ssh(hosts, key, "node2", "test -e /etc/llmserve/plan.json", check=False).returncode == 1
     # Weights and runtime stay on the decommissioned host.
     assert ssh(hosts, key, "node2", "ls /srv/models/tiny-llama/config.json").returncode == 0
-    assert completion_ok(hosts, key)
+    assert completion_answers(hosts, key)
 
 
 def test_taking_the_host_back_re_plans_onto_it(cluster):
@@ -97,6 +88,6 @@ def test_taking_the_host_back_re_plans_onto_it(cluster):
     assert run.returncode == 0, run.stdout[-6000:]
     assert plan_nodes(hosts, key) == ["node1", "node2"]
     assert ssh(hosts, key, "node3", "test -e /etc/systemd/system/vllm.service", check=False).returncode == 1
-    assert completion_ok(hosts, key)
+    assert completion_answers(hosts, key)
     again = ansible_playbook(DEPLOY, timeout=1200)
     assert again.returncode == 0 and all(counts.get("changed", 0) == 0 for counts in recap(again.stdout).values())

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, ensure_native_cluster, sandbox_hosts, ssh
+from .helpers import REPO_ROOT, ansible_playbook, completion_answers, ensure_native_cluster, sandbox_hosts, ssh
 
 STATUS = REPO_ROOT / "playbooks" / "status.yml"
 RESTART = REPO_ROOT / "playbooks" / "restart.yml"
@@ -43,16 +43,6 @@ def unit_times(hosts, key) -> dict[str, dict[str, int]]:
             "active": values["ActiveState"] == "active",
         }
     return times
-
-
-def completion_answers(hosts, key) -> bool:
-    """A completion through the API key, asked on the rank-0 host as a client on the cluster network would."""
-    command = (
-        "curl -s -m 120 -H 'Content-Type: application/json' -H \"Authorization: Bearer $(cat /etc/llmserve/api-key)\" "
-        f"http://{hosts['node1']}:8000/v1/completions "
-        '-d \'{"model": "tiny-llama", "prompt": "Hello", "max_tokens": 2}\''
-    )
-    return '"choices"' in ssh(hosts, key, "node1", command).stdout
 
 
 def test_status_prints_every_node_its_units_the_plan_and_a_timed_completion(cluster, tmp_path):
