@@ -15,6 +15,13 @@ the first host, then times (a) one local copy of those bytes on that host (``cp 
 over ssh to one other host, and (c) the collection's fan-out (``_weights_fanout.Fanout``, run on every
 host as the role runs it) putting the bytes on all the others. Goal: fan-out <= 1.3x one copy.
 Both print one JSON line per measurement and a summary with the ratios.
+
+All sandbox hosts share this machine's CPUs, and an unshaped copy is CPU-bound (ssh, rsync and the
+kernel's copies): two receivers then cost twice the CPU of one, whatever the fan-out's shape. Real
+nodes each bring their own CPUs and the network link is what bounds a copy. ``--link-mbit N`` models
+that: every host's uplink is shaped to N Mbit/s (``tc`` token bucket on its eth0, removed afterwards),
+so each copy is bound by links, as on a cluster. Every measurement also prints the machine's CPU
+seconds, which shows which bound applied.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +45,7 @@ from conftest import link_collection  # noqa: E402
 
 link_collection()
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._weights_fanout import SshOptions  # noqa: E402
 from ansible_collections.llmserve.cluster.plugins.module_utils._weights_manifest import (  # noqa: E402
     build_manifest_from_directory,
     verify_directory,
@@ -80,6 +89,19 @@ def timed(function) -> float:
     started = time.monotonic()
     function()
     return time.monotonic() - started
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine (and so every sandbox host) has spent busy since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_with_cpu(function) -> tuple:
+    cpu_before = busy_cpu_seconds()
+    seconds = timed(function)
+    return seconds, round(busy_cpu_seconds() - cpu_before, 1)
 
 
 # --- verify throughput ----------------------------------------------------------------------
@@ -131,8 +153,38 @@ def sandbox_hosts(inventory: Path) -> tuple:
     return dict(sorted(hosts.items())), variables
 
 
+def fanout_ssh_command(key: str) -> str:
+    """The ssh command line the fan-out runs between sandbox hosts (its cipher choice included)."""
+    no_host_check = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    return SshOptions(identity_file=key, extra=no_host_check).command()
+
+
+def shape_uplinks(hosts: dict, key: str, mbit: int) -> None:
+    """Token-bucket every host's eth0 egress to mbit (0 removes it): one NIC's worth of bandwidth per host."""
+    ssh = ["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]  # fmt: skip
+    for address in hosts.values():
+        command = (
+            f"tc qdisc replace dev eth0 root tbf rate {mbit}mbit burst 1mbit latency 400ms"
+            if mbit
+            else "tc qdisc del dev eth0 root 2>/dev/null || true"
+        )
+        subprocess.run([*ssh, f"root@{address}", command], check=True, capture_output=True, text=True)
+
+
 def bench_fanout(arguments: argparse.Namespace) -> None:
     hosts, variables = sandbox_hosts(Path(arguments.inventory))
+    key = variables["ansible_ssh_private_key_file"]
+    try:
+        if arguments.link_mbit:
+            shape_uplinks(hosts, key, arguments.link_mbit)
+        measure_fanout(arguments, hosts, variables)
+    finally:
+        if arguments.link_mbit:
+            shape_uplinks(hosts, key, 0)
+
+
+def measure_fanout(arguments: argparse.Namespace, hosts: dict, variables: dict) -> None:
     if len(hosts) < 2:
         sys.exit("fanout needs at least two sandbox hosts (tests/sandbox/sandbox.py up --hosts 3)")
     key = variables["ansible_ssh_private_key_file"]
@@ -159,15 +211,14 @@ def bench_fanout(arguments: argparse.Namespace) -> None:
     total = int(on(seed, f"du -sb --apparent-size {path} | cut -f1").stdout.split()[0])
 
     # (a) one local copy on the seed, flushed to disk as a transfer's receiver would be
-    seconds = timed(lambda: on(seed, f"cp -r {path} {path}-copy && sync"))
-    local_copy = report("one_local_copy", seconds, total, host=seed)
+    seconds, cpu = timed_with_cpu(lambda: on(seed, f"cp -r {path} {path}-copy && sync"))
+    local_copy = report("one_local_copy", seconds, total, host=seed, cpu_seconds=cpu)
     on(seed, f"rm -rf {path}-copy")
 
-    # (b) one rsync over ssh to one other host
-    one_ssh = (
-        "rsync -a --partial-dir=.rsync-partial -e 'ssh -o StrictHostKeyChecking=no -o BatchMode=yes' "
-        f"{path}/ root@{hosts[others[0]]}:{path}/"
-    )
+    # (b) one rsync over ssh to one other host, with the ssh options the fan-out uses
+    fanout_ssh = fanout_ssh_command("/root/.ssh/bench_ed25519")
+    target = f"root@{hosts[others[0]]}:{path}/"
+    one_ssh = f"rsync -a --partial-dir=.rsync-partial -e {shlex.quote(fanout_ssh)} {path}/ {target}"
     on(seed, "test -f /root/.ssh/bench_ed25519 || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/bench_ed25519")
     public = on(seed, "cat /root/.ssh/bench_ed25519.pub").stdout.strip()
     private = on(seed, "cat /root/.ssh/bench_ed25519").stdout
@@ -175,10 +226,9 @@ def bench_fanout(arguments: argparse.Namespace) -> None:
     for host in others:
         on(host, f"grep -qF '{public}' /root/.ssh/authorized_keys || echo '{public}' >> /root/.ssh/authorized_keys")
         on(host, "umask 077 && cat > /root/.ssh/bench_ed25519", input=private)
-    one_ssh = one_ssh.replace("ssh -o", "ssh -i /root/.ssh/bench_ed25519 -o")
-    seconds = timed(lambda: on(seed, one_ssh + " && ssh -i /root/.ssh/bench_ed25519 -o StrictHostKeyChecking=no "
-                               f"root@{hosts[others[0]]} sync"))  # fmt: skip
-    one_copy = report("one_rsync_over_ssh", seconds, total, source=seed, target=others[0])
+    seconds, cpu = timed_with_cpu(lambda: on(seed, f"{one_ssh} && {fanout_ssh} root@{hosts[others[0]]} sync"))
+    one_copy = report("one_rsync_over_ssh", seconds, total, source=seed, target=others[0], cpu_seconds=cpu,
+                      link_mbit=arguments.link_mbit)  # fmt: skip
     on(others[0], f"rm -rf {path} && mkdir -p {path}")
 
     # (c) the collection's fan-out: every host runs its part of the chain (or tree) at once
@@ -208,8 +258,9 @@ def bench_fanout(arguments: argparse.Namespace) -> None:
             if process.returncode:
                 sys.exit(f"fan-out failed on {host}: {err or out}")
 
-    seconds = timed(fanout)
-    fan = report("fanout", seconds, total, hosts=len(order), receivers=len(others), width=arguments.width)
+    seconds, cpu = timed_with_cpu(fanout)
+    fan = report("fanout", seconds, total, hosts=len(order), receivers=len(others), width=arguments.width,
+                 cpu_seconds=cpu, link_mbit=arguments.link_mbit)  # fmt: skip
     for host in others:
         check = on(host, f"cd {path} && sha256sum -c --quiet - && echo identical", input=manifest_text).stdout
         assert "identical" in check, f"{host} does not hold identical files"
@@ -217,7 +268,8 @@ def bench_fanout(arguments: argparse.Namespace) -> None:
         "summary": "fanout", "hosts_holding_the_model": len(order), "bytes": total, "shards": arguments.shards,
         "fanout_vs_one_local_copy": round(fan["seconds"] / local_copy["seconds"], 2),
         "fanout_vs_one_rsync_over_ssh": round(fan["seconds"] / one_copy["seconds"], 2),
-        "goal": "fanout <= 1.3 x one copy",
+        "fanout_cpu_vs_one_rsync_cpu": round(fan["cpu_seconds"] / max(one_copy["cpu_seconds"], 0.1), 2),
+        "link_mbit": arguments.link_mbit, "goal": "fanout <= 1.3 x one copy",
     }))  # fmt: skip
 
 
@@ -265,6 +317,7 @@ def main() -> None:
     fanout.add_argument("--receivers", type=int, default=2, help="hosts receiving from the seed")
     fanout.add_argument("--width", type=int, default=1)
     fanout.add_argument("--remote-path", default="/var/tmp/llmserve-bench-model")
+    fanout.add_argument("--link-mbit", type=int, default=0, help="shape every host's uplink to this rate (0: unshaped)")
     fanout.set_defaults(run=bench_fanout)
     arguments = parser.parse_args()
     arguments.run(arguments)

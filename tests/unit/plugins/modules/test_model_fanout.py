@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -225,3 +226,17 @@ def test_a_copy_killed_mid_file_resumes_from_the_partial_dir(tmp_path, monkeypat
     assert (tmp_path / "n1" / "big.safetensors").read_bytes() == (source / "big.safetensors").read_bytes()
     assert not (tmp_path / "n1" / PARTIAL_DIR).exists()
     assert Path(tmp_path / "n1").stat() is not None
+
+
+def test_ssh_prefers_aes_gcm_but_the_users_cipher_choice_wins():
+    default = shlex.split(SshOptions().command())
+    assert default[-2:] == ["-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"]
+    chosen = shlex.split(SshOptions(extra=["-o", "Ciphers=aes256-ctr"]).command())
+    assert [part for part in chosen if part.lower().startswith("ciphers=")] == ["Ciphers=aes256-ctr"]
+
+
+def test_ssh_command_runs_with_the_preferred_ciphers():
+    """The real ssh client accepts the list (a typo in a cipher name makes ssh refuse to start)."""
+    command = [*shlex.split(SshOptions().command()), "-G", "node1"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "ciphers aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com" in result.stdout
