@@ -15,9 +15,12 @@ This follows llama.cpp itself, so that the flags it prints are the ones that pro
   The input layer (``token_embd``) always stays on the CPU.
 - A device's memory is what ``common_memory_breakdown_print`` reports as its "self": the model buffer (its
   tensors' bytes), the context (KV cache of its layers: ``ctx_size`` rounded up to 256 cells, times K and V rows
-  of ``head_count_kv x head_dim`` values in ``cache_type_k``/``cache_type_v``), and the compute buffer (the
-  activation peak of one micro-batch, estimated per layer the way gguf-parser does, plus the logits on the
-  device that holds the output layer).
+  of ``head_count_kv x head_dim`` values in ``cache_type_k``/``cache_type_v``), and the compute buffer that
+  ``sched_reserve`` sizes from the reserve graph (one micro-batch over the whole cache): the split inputs the
+  scheduler copies onto the device, plus the intermediate tensors of its layers as ggml-alloc places them
+  (``compute_buffer_bytes``). Checked against fourteen llama-server runs
+  (tests/unit/fixtures/llama_cpp/captured/); dense Llama-style blocks only, mixture-of-experts FFNs are not
+  modelled.
 
 The planner first lets free memory weigh the devices, as llama.cpp would; when that overfills one device it
 moves whole layers to devices with room, and prints the resulting split as layer counts
@@ -27,6 +30,7 @@ moves whole layers to devices with room, and prints the resulting split as layer
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -53,6 +57,8 @@ DEVICE_RESERVE_MIB = 250.0
 # With several devices llama.cpp's scheduler keeps this many copies of each split's inputs for pipelining
 # (GGML_SCHED_MAX_COPIES).
 PIPELINE_COPIES = 4
+# llama-server's --parallel auto: four sequences sharing one KV cache (kv_unified), each with its logits row.
+DEFAULT_PARALLEL = 4
 
 
 class GGUFPlanError(Exception):
@@ -155,48 +161,285 @@ def _f32_bytes(*dimensions: int) -> int:
     return size
 
 
+class _GraphAllocator:
+    """ggml-alloc's dynamic allocator (``ggml_dyn_tallocr`` in ggml/src/ggml-alloc.c) for one backend buffer.
+
+    Free blocks are kept sorted by offset, the last one being the open end of the buffer. A tensor goes into the
+    smallest free block that holds it (the last such block among equals), else at the open end, which grows the
+    buffer; freed memory merges with its neighbours. The buffer's size is the highest end ever used, so it
+    includes the holes the order of allocation leaves, which a sum of live tensors would miss.
+    """
+
+    def __init__(self) -> None:
+        self.free: List[List[int]] = [[0, 1 << 62]]
+        self.size = 0
+
+    def allocate(self, size: int) -> int:
+        best = -1
+        for index, (_offset, room) in enumerate(self.free[:-1]):
+            if room >= size and (best < 0 or room <= self.free[best][1]):
+                best = index
+        if best < 0:
+            best = len(self.free) - 1
+        block = self.free[best]
+        offset = block[0]
+        block[0] += size
+        block[1] -= size
+        if block[1] == 0:
+            del self.free[best]
+        self.size = max(self.size, offset + size)
+        return offset
+
+    def release(self, offset: int, size: int) -> None:
+        for index, block in enumerate(self.free):
+            if block[0] + block[1] == offset:
+                block[1] += size
+                if index + 1 < len(self.free) and block[0] + block[1] == self.free[index + 1][0]:
+                    block[1] += self.free.pop(index + 1)[1]
+                return
+            if offset + size == block[0]:
+                block[0] = offset
+                block[1] += size
+                if index > 0 and self.free[index - 1][0] + self.free[index - 1][1] == offset:
+                    self.free[index - 1][1] += self.free.pop(index)[1]
+                return
+        position = 0
+        while position < len(self.free) and self.free[position][0] < offset:
+            position += 1
+        self.free.insert(position, [offset, size])
+
+
+# A graph node: (name, bytes, parents, in-place). ggml-alloc lets an op that can work in place (add, mul, norm,
+# rope, softmax: ggml_op_can_inplace) take over a same-sized parent that has no other consumer; a tensor is
+# freed once its last consumer is allocated. Nodes of 0 bytes stand for writes into the KV cache (set_rows
+# returns a view of the cache, which lives in its own buffer).
+_Node = Tuple[str, int, Tuple[str, ...], bool]
+
+
+def _peak_of(nodes: Sequence[_Node]) -> int:
+    """The buffer ggml-alloc needs for ``nodes`` in this order; parents that are not nodes are the split's
+    inputs, which live elsewhere in the buffer and are never freed."""
+    consumers: Dict[str, int] = {}
+    for _name, _size, parents, _inplace in nodes:
+        for parent in parents:
+            consumers[parent] = consumers.get(parent, 0) + 1
+    allocator = _GraphAllocator()
+    placed: Dict[str, Tuple[int, int]] = {}
+    for name, size, parents, inplace in nodes:
+        reused = None
+        if inplace:
+            reused = next(
+                (p for p in parents if p in placed and consumers[p] == 1 and placed[p][1] == size),
+                None,
+            )
+        if reused is not None:
+            placed[name] = placed.pop(reused)
+        elif size > 0:
+            placed[name] = (allocator.allocate(size), size)
+        for parent in parents:
+            consumers[parent] -= 1
+            if consumers[parent] == 0 and parent in placed:
+                allocator.release(*placed.pop(parent))
+    return allocator.size
+
+
+def _layer_nodes(
+    index: int, residual: str, tokens: int, outputs: int, shape: Tuple[int, ...], flash_attention: bool, last: bool
+) -> Tuple[List[_Node], str]:
+    """One transformer block of llama.cpp's graph (src/models/llama.cpp and its kin: pre-norm attention, then a
+    gated FFN), as it reaches ggml-alloc. The last block keeps only the rows of the tokens that produce logits
+    (``get_rows`` with ``inp_out_ids``) before its FFN."""
+    hidden, q_width, k_width, v_width, attn_width, feed_forward, heads, ctx_cells = shape
+    i = str(index)
+    nodes: List[_Node] = [
+        ("attn_norm" + i, _f32_bytes(hidden, tokens), (residual,), False),  # rms_norm: the residual is used again
+        ("attn_norm_w" + i, _f32_bytes(hidden, tokens), ("attn_norm" + i,), True),
+        ("Qcur" + i, _f32_bytes(q_width, tokens), ("attn_norm_w" + i,), False),
+        ("Qrope" + i, _f32_bytes(q_width, tokens), ("Qcur" + i,), True),
+        ("Vcur" + i, _f32_bytes(v_width, tokens), ("attn_norm_w" + i,), False),
+        ("Kcur" + i, _f32_bytes(k_width, tokens), ("attn_norm_w" + i,), False),
+        ("Krope" + i, _f32_bytes(k_width, tokens), ("Kcur" + i,), True),
+        ("cache_k" + i, 0, ("Krope" + i,), False),
+        ("cache_v" + i, 0, ("Vcur" + i,), False),
+    ]
+    if flash_attention:
+        # flash_attn_ext reads Q and the cache and writes [head_dim_v, heads, tokens] in f32.
+        nodes.append(("kqv_out" + i, _f32_bytes(attn_width, tokens), ("Qrope" + i,), False))
+    else:
+        # KQ scores of every head over the whole cache, softmax in place, then KQV and its contiguous copy.
+        nodes += [
+            ("kq" + i, _f32_bytes(ctx_cells, tokens, heads), ("Qrope" + i,), False),
+            ("kq_soft_max" + i, _f32_bytes(ctx_cells, tokens, heads), ("kq" + i,), True),
+            ("kqv" + i, _f32_bytes(attn_width, tokens), ("kq_soft_max" + i,), False),
+            ("kqv_out" + i, _f32_bytes(attn_width, tokens), ("kqv" + i,), False),
+        ]
+    nodes.append(("attn_out" + i, _f32_bytes(hidden, tokens), ("kqv_out" + i,), False))
+    attention, rows = "attn_out" + i, tokens
+    if last:
+        rows = outputs
+        nodes += [
+            ("attn_rows" + i, _f32_bytes(hidden, rows), (attention,), False),
+            ("residual_rows" + i, _f32_bytes(hidden, rows), (residual,), False),
+        ]
+        attention, residual = "attn_rows" + i, "residual_rows" + i
+    nodes += [
+        ("ffn_inp" + i, _f32_bytes(hidden, rows), (attention, residual), True),
+        ("ffn_norm" + i, _f32_bytes(hidden, rows), ("ffn_inp" + i,), False),
+        ("ffn_norm_w" + i, _f32_bytes(hidden, rows), ("ffn_norm" + i,), True),
+        ("ffn_gate" + i, _f32_bytes(feed_forward, rows), ("ffn_norm_w" + i,), False),
+        ("ffn_up" + i, _f32_bytes(feed_forward, rows), ("ffn_norm_w" + i,), False),
+        ("ffn_swiglu" + i, _f32_bytes(feed_forward, rows), ("ffn_gate" + i, "ffn_up" + i), False),
+        ("ffn_out" + i, _f32_bytes(hidden, rows), ("ffn_swiglu" + i,), False),
+        ("l_out" + i, _f32_bytes(hidden, rows), ("ffn_out" + i, "ffn_inp" + i), True),
+    ]
+    return nodes, "l_out" + i
+
+
+# Layers are alike, so the allocator's pattern repeats after a couple of them; simulating more changes nothing.
+_STEADY_LAYERS = 3
+
+
+@functools.lru_cache(maxsize=4096)
+def _activation_bytes(
+    shape: Tuple[int, ...],
+    vocab: int,
+    tokens: int,
+    outputs: int,
+    flash_attention: bool,
+    layers: int,
+    last_layer: bool,
+    output: bool,
+    embeddings: bool,
+) -> int:
+    """The intermediate tensors of one backend's part of the reserve graph (its compute buffer minus inputs).
+
+    ``layers`` blocks (the model's last among them when ``last_layer``), then the output norm and logits when
+    ``output``. With ``embeddings`` the backend computes the input embeddings (``get_rows`` of ``token_embd``,
+    freed after the first block); otherwise its first block reads the hidden state copied in from the previous
+    backend, which the scheduler keeps for the whole graph and which is counted with the inputs.
+    """
+    hidden = shape[0]
+    nodes: List[_Node] = []
+    residual = "split_input"
+    if embeddings:
+        nodes.append(("split_input", _f32_bytes(hidden, tokens), (), False))
+    full = layers - (1 if last_layer else 0)
+    for index in range(min(full, _STEADY_LAYERS)):
+        block, residual = _layer_nodes(index, residual, tokens, outputs, shape, flash_attention, last=False)
+        nodes += block
+    if last_layer:
+        block, residual = _layer_nodes(full, residual, tokens, outputs, shape, flash_attention, last=True)
+        nodes += block
+    if output:
+        nodes += [
+            ("result_norm", _f32_bytes(hidden, outputs), (residual,), True),
+            ("result_norm_w", _f32_bytes(hidden, outputs), ("result_norm",), True),
+            ("result_output", _f32_bytes(vocab, outputs), ("result_norm_w",), False),
+        ]
+    return _peak_of(nodes)
+
+
+def _graph_shape(model: GGUFModel, ctx_cells: int) -> Tuple[int, ...]:
+    heads_kv = max(model.head_count_kv) if model.head_count_kv else model.head_count
+    return (
+        model.embedding_length,
+        model.key_length * model.head_count,
+        model.key_length * heads_kv,
+        model.value_length * heads_kv,
+        model.value_length * model.head_count,
+        model.feed_forward_length,
+        model.head_count,
+        ctx_cells,
+    )
+
+
+def graph_input_bytes(
+    model: GGUFModel, ctx_cells: int, tokens: int, outputs: int, flash_attention: bool
+) -> Dict[str, int]:
+    """The reserve graph's input tensors (llm_graph_input_* in src/llama-graph.cpp) for a micro-batch of ``tokens``.
+
+    The KQ mask covers every cache cell for every token, in f16 with flash attention and f32 without; without
+    flash attention the V cache is transposed, so its row indices (``v_idxs``) name every value, not every token.
+    """
+    heads_kv = max(model.head_count_kv) if model.head_count_kv else model.head_count
+    return {
+        "tokens": 4 * tokens,
+        "embd": _f32_bytes(model.embedding_length, tokens),
+        "pos": 4 * tokens,
+        "k_idxs": 8 * tokens,
+        "v_idxs": 8 * tokens * (1 if flash_attention else model.value_length * heads_kv),
+        "kq_mask": (2 if flash_attention else 4) * ctx_cells * tokens,
+        "out_ids": 4 * outputs,
+    }
+
+
 def compute_buffer_bytes(
     model: GGUFModel,
     ctx_cells: int,
-    ubatch_tokens: int,
+    tokens: int,
+    outputs: int,
     flash_attention: bool,
-    has_layers: bool,
-    has_output: bool,
+    layers: int,
+    last_layer: bool,
+    output: bool,
     copies: int,
 ) -> int:
-    """Estimated compute buffer of one device for the reserve graph (``ubatch_tokens`` tokens at full context).
+    """An offload device's compute buffer after llama.cpp's reserve (``sched_reserve`` in src/llama-context.cpp).
 
-    The graph allocator reuses memory between layers, so what counts is the largest layer's live tensors
-    (gguf-parser's method): the attention step (Q, K, V of the micro-batch and, without flash attention, the
-    KQ scores of every head over the whole context) or the FFN step (gate and up projections); plus the
-    inputs each graph split copies in (the hidden state and the attention mask), once per pipeline copy;
-    plus the logits of every micro-batch token on the device with the output layer.
+    The reserve graph is one micro-batch of ``tokens`` over the whole cache with ``outputs`` logits rows. The
+    scheduler gives the device one split; what the split reads from other backends (the hidden state, the
+    positions, the cache row indices, the KQ mask, and on the device with the last block the output row ids) is
+    copied into this buffer once per pipeline copy and never freed. The rest is the peak of the split's
+    intermediate tensors as ggml-alloc places them (``_activation_bytes``).
     """
-    if not has_layers and not has_output:
+    if layers <= 0 and not output:
         return 0
-    tokens = ubatch_tokens
-    hidden = model.embedding_length
-    heads_kv = max(model.head_count_kv) if model.head_count_kv else model.head_count
-    q_width = model.key_length * model.head_count
-    kv_width = (model.key_length + model.value_length) * heads_kv
-    mask_bytes = (2 if flash_attention else 4) * ctx_cells * tokens
-    inputs = copies * (_f32_bytes(hidden, tokens) + mask_bytes)
-    peak = 0
-    if has_layers:
-        attention = _f32_bytes(hidden, tokens) * 2 + _f32_bytes(q_width, tokens) * 2 + _f32_bytes(kv_width, tokens)
-        if not flash_attention:
-            attention += _f32_bytes(ctx_cells, tokens, model.head_count)
-        feed_forward = _f32_bytes(hidden, tokens) * 2 + _f32_bytes(model.feed_forward_length, tokens) * 2
-        peak = max(attention, feed_forward)
-    if has_output:
-        peak = max(peak, _f32_bytes(hidden, tokens) + _f32_bytes(model.vocab_size, tokens))
-    return inputs + peak
+    inputs = graph_input_bytes(model, ctx_cells, tokens, outputs, flash_attention)
+    if layers > 0:
+        copied = inputs["embd"] + inputs["pos"] + inputs["k_idxs"] + inputs["v_idxs"] + inputs["kq_mask"]
+        copied += inputs["out_ids"] if last_layer else 0
+    else:
+        copied = _f32_bytes(model.embedding_length, outputs)  # only the output layer: the last block's rows
+    activations = _activation_bytes(
+        _graph_shape(model, ctx_cells),
+        model.vocab_size,
+        tokens,
+        outputs,
+        flash_attention,
+        layers,
+        last_layer,
+        output,
+        embeddings=False,
+    )
+    return copies * copied + activations
 
 
-def host_compute_buffer_bytes(model: GGUFModel, ctx_cells: int, ubatch_tokens: int, flash_attention: bool) -> int:
-    """The CPU's compute buffer when every layer is offloaded: the token embeddings of one micro-batch and inputs."""
-    mask_bytes = (2 if flash_attention else 4) * ctx_cells * ubatch_tokens
-    return _f32_bytes(model.embedding_length, ubatch_tokens) + mask_bytes
+def host_compute_buffer_bytes(
+    model: GGUFModel,
+    ctx_cells: int,
+    tokens: int,
+    outputs: int,
+    flash_attention: bool,
+    layers: int,
+    output: bool,
+    copies: int,
+) -> int:
+    """The CPU's compute buffer on the head: the graph's inputs (set there, then copied to the devices), once
+    per pipeline copy, and the input embeddings (``get_rows`` of ``token_embd``, which stays on the CPU); with
+    layers kept on the CPU, their intermediate tensors as well (the first ``layers`` blocks)."""
+    inputs = sum(graph_input_bytes(model, ctx_cells, tokens, outputs, flash_attention).values())
+    activations = _activation_bytes(
+        _graph_shape(model, ctx_cells),
+        model.vocab_size,
+        tokens,
+        outputs,
+        flash_attention,
+        layers,
+        layers == model.block_count,
+        output,
+        embeddings=True,
+    )
+    return copies * inputs + activations
 
 
 def _mib(value: float) -> float:
@@ -238,42 +481,44 @@ class _Evaluation:
             host_weights += model.output_bytes
         else:
             self.weights[self.output_device] += model.output_bytes
+        # llama.cpp pipelines micro-batches across devices (four copies of every split input) when there are
+        # several devices and every layer, the output layer included, is offloaded (llama_context's constructor).
         copies = PIPELINE_COPIES if count > 1 and n_gpu_layers > model.block_count else 1
+        last_block_device = self.placement[model.block_count - 1]
         self.compute = [
             compute_buffer_bytes(
                 model,
                 request.ctx_cells,
-                request.ubatch_tokens,
+                request.graph_tokens,
+                request.graph_outputs,
                 request.flash_attention,
-                has_layers=self.blocks[index] > 0,
-                has_output=self.output_device == index,
+                layers=self.blocks[index],
+                last_layer=last_block_device == index,
+                output=self.output_device == index,
                 copies=copies,
             )
             for index in range(count)
         ]
         host_compute = host_compute_buffer_bytes(
-            model, request.ctx_cells, request.ubatch_tokens, request.flash_attention
+            model,
+            request.ctx_cells,
+            request.graph_tokens,
+            request.graph_outputs,
+            request.flash_attention,
+            layers=host_blocks,
+            output=self.output_device is None,
+            copies=copies,
         )
-        if host_blocks or self.output_device is None:
-            host_compute += compute_buffer_bytes(
-                model,
-                request.ctx_cells,
-                request.ubatch_tokens,
-                request.flash_attention,
-                has_layers=host_blocks > 0,
-                has_output=self.output_device is None,
-                copies=1,
-            )
-        # The logits llama.cpp copies back for the one sequence being decoded (llama_context's output buffer).
-        host_compute += _f32_bytes(model.vocab_size)
+        # llama_context's host "output buffer": one row of logits per sequence, copied back after each step.
+        host_output = _f32_bytes(model.vocab_size, request.parallel)
         self.host_blocks = host_blocks
-        self.host = {"weights": host_weights, "kv": host_kv, "compute": host_compute}
+        self.host = {"weights": host_weights, "kv": host_kv, "compute": host_compute, "output": host_output}
         self.totals = [self.weights[i] + self.kv[i] + self.compute[i] for i in range(count)]
         self.device_fits = [
             self.totals[i] / MIB + request.reserve_mib(device) <= device.memory_free_mib
             for i, device in enumerate(request.devices)
         ]
-        self.host_total = host_weights + host_kv + host_compute
+        self.host_total = host_weights + host_kv + host_compute + host_output
         self.host_fits = request.head_ram_free_mib is None or self.host_total / MIB <= request.head_ram_free_mib
 
     @property
@@ -309,6 +554,7 @@ class GGUFRequest:
         head_ram_free_mib: Optional[float] = None,
         ubatch_size: int = 512,
         flash_attention: bool = True,
+        parallel: int = DEFAULT_PARALLEL,
     ):
         self.model = model
         self.devices, self.head_cpu = order_devices(devices)
@@ -328,6 +574,10 @@ class GGUFRequest:
             )
         if ubatch_size <= 0:
             raise GGUFPlanError("ubatch_size: give a positive number of tokens.", "ubatch_size")
+        if parallel <= 0:
+            raise GGUFPlanError(
+                "parallel: give a positive number of sequences (llama-server's --parallel).", "parallel"
+            )
         if model.block_count <= 0 or model.embedding_length <= 0 or model.head_count <= 0:
             raise GGUFPlanError(
                 f"model_files: {model.files[0]} lacks block_count/embedding_length/head_count metadata; it is not "
@@ -338,6 +588,11 @@ class GGUFRequest:
         self.ctx_cells = -(-ctx_size // CONTEXT_PADDING) * CONTEXT_PADDING
         self.ubatch_tokens = min(ubatch_size, self.ctx_cells)
         self.ubatch_size = ubatch_size
+        self.parallel = parallel
+        # The reserve graph (llama_context::graph_reserve): the micro-batch rounded up to a whole number of tokens
+        # per sequence, with one logits row per sequence.
+        self.graph_tokens = -(-self.ubatch_tokens // parallel) * parallel
+        self.graph_outputs = min(self.graph_tokens, parallel)
         self.cache_type_k = cache_type_k
         self.cache_type_v = cache_type_v
         self.flash_attention = flash_attention
@@ -423,6 +678,7 @@ def _fits_with(request: GGUFRequest, **changes: Any) -> bool:
         head_ram_free_mib=request.head_ram_free_mib,
         ubatch_size=request.ubatch_size,
         flash_attention=request.flash_attention,
+        parallel=request.parallel,
     )
     settings.update(changes)
     return _place(GGUFRequest(**settings)).fits
@@ -597,6 +853,7 @@ def plan_gguf(model: GGUFModel, devices: Sequence[Dict[str, Any]], **options: An
         "cache_type_v": request.cache_type_v,
         "ubatch_size": request.ubatch_size,
         "flash_attention": request.flash_attention,
+        "parallel": request.parallel,
         "layers": {
             "input": 1,
             "transformer": offloaded,
@@ -609,6 +866,7 @@ def plan_gguf(model: GGUFModel, devices: Sequence[Dict[str, Any]], **options: An
             "weights_mib": _mib(evaluation.host["weights"]),
             "kv_cache_mib": _mib(evaluation.host["kv"]),
             "compute_buffer_mib": _mib(evaluation.host["compute"]),
+            "output_buffer_mib": _mib(evaluation.host["output"]),
             "total_mib": _mib(evaluation.host_total),
             "free_mib": request.head_ram_free_mib,
             "fits": evaluation.host_fits,
