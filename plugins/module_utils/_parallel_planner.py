@@ -336,6 +336,8 @@ class Plan:
     model: Dict[str, Any]
     vllm_args: List[str]
     env: Dict[str, str]
+    # Independent vLLM servers, each with its own API server (see serving_groups).
+    serving_groups: List[Dict[str, Any]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     table: str = ""
 
@@ -1028,6 +1030,66 @@ def _sampler_version_note(
     )
 
 
+def serving_groups(spec: ModelSpec, layout: Layout) -> List[Dict[str, Any]]:
+    """Split the replicas into independent vLLM servers, so that one can restart while the others serve.
+
+    Replicas that share a node form one group: one ``vllm serve --data-parallel-size k`` on that node (vLLM's
+    single-node data parallel). A replica that spans nodes is a group of its own (a native ``--nnodes`` group)
+    and must have its nodes to itself, since each node runs one vLLM server. Every group serves the API on its
+    first node; the group's own flags are in ``vllm_args``, added to the plan's.
+    """
+    replica_nodes = [list(dict.fromkeys(node.name for node in replica)) for replica in layout.rank_nodes]
+    holders: Dict[str, List[int]] = {}
+    for replica, names in enumerate(replica_nodes):
+        for name in names:
+            holders.setdefault(name, []).append(replica)
+    groups: List[Dict[str, Any]] = []
+    node_groups: Dict[str, Dict[str, Any]] = {}
+    for replica, names in enumerate(replica_nodes):
+        if len(names) > 1:
+            shared = [name for name in names if len(holders[name]) > 1]
+            if shared:
+                raise PlanError(_shared_node_message(layout, replica, names, shared[0], holders), "data_parallel_size")
+            groups.append({"nodes": names, "replicas": [replica]})
+        elif names[0] in node_groups:
+            node_groups[names[0]]["replicas"].append(replica)
+        else:
+            node_groups[names[0]] = {"nodes": names, "replicas": [replica]}
+            groups.append(node_groups[names[0]])
+    if len(groups) > 1 and spec.moe is not None:
+        on_first_node = len(groups[0]["replicas"]) if len(groups[0]["nodes"]) == 1 else 1
+        raise PlanError(
+            f"data_parallel_size {layout.data_parallel_size} places replicas of {spec.name}, a mixture-of-experts "
+            f"model, on {len(groups)} separate vLLM servers ({', '.join(group['nodes'][0] for group in groups)}). "
+            "vLLM's data parallel ties the expert layers of all its replicas into one group (DP x TP) that runs "
+            "every forward pass together, so those replicas cannot be independent servers restarted one at a time. "
+            f"Use data_parallel_size {on_first_node} or less, so that all replicas run in one server on "
+            f"{groups[0]['nodes'][0]}.",
+            "data_parallel_size",
+        )
+    for group in groups:
+        replicas = len(group["replicas"])
+        group["data_parallel_size"] = replicas
+        group["endpoint_node"] = group["nodes"][0]
+        group["vllm_args"] = ["--data-parallel-size", str(replicas)] if replicas > 1 else []
+    return groups
+
+
+def _shared_node_message(
+    layout: Layout, replica: int, names: List[str], shared: str, holders: Mapping[str, List[int]]
+) -> str:
+    other = next(index for index in holders[shared] if index != replica)
+    per_node = sorted({node.gpus for node, _count in layout.nodes_used()})
+    gpus = " or ".join(str(count) for count in per_node)
+    return (
+        f"data_parallel_size {layout.data_parallel_size} with tensor_parallel_size {layout.tensor_parallel_size} x "
+        f"pipeline_parallel_size {layout.pipeline_parallel_size} puts replica {replica} on {', '.join(names)}, and "
+        f"{shared} also holds replica {other}. A replica that spans nodes must have its nodes to itself, because each "
+        f"node runs one vLLM server. With {gpus} GPUs per node, use tensor_parallel_size x pipeline_parallel_size "
+        f"that divides {gpus} or is a multiple of it, or data_parallel_size 1."
+    )
+
+
 def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, max_model_len: int) -> Plan:
     layout = evaluation.layout
     tp, pp, dp = layout.tensor_parallel_size, layout.pipeline_parallel_size, layout.data_parallel_size
@@ -1065,8 +1127,6 @@ def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, m
         "--gpu-memory-utilization",
         str(options.gpu_memory_utilization),
     ]
-    if dp > 1:
-        args += ["--data-parallel-size", str(dp)]
     if options.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", options.kv_cache_dtype]
     if options.max_num_batched_tokens is not None:
@@ -1129,6 +1189,7 @@ def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, m
         model=model,
         vllm_args=args,
         env=env,
+        serving_groups=serving_groups(spec, layout),
         warnings=_warnings(spec, evaluation, options),
     )
     note = _sampler_version_note(spec, evaluation, options, tokens, seqs)

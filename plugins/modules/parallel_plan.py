@@ -257,6 +257,16 @@ plan:
       description: Environment variables the plan needs on every node, for example C(VLLM_PP_LAYER_PARTITION).
       type: dict
       sample: {VLLM_PP_LAYER_PARTITION: "15,15,16,15"}
+    serving_groups:
+      description:
+        - Independent vLLM servers, each with its API on its first node. Data-parallel replicas that share a node
+          are one group (C(vllm_args) adds C(--data-parallel-size)); a replica that spans nodes is a group of its
+          own. One replica is one group of every node.
+        - Each has C(nodes) (rank order), C(replicas), C(data_parallel_size), C(endpoint_node) and C(vllm_args).
+      type: list
+      elements: dict
+      sample: [{nodes: [node1], replicas: [0], data_parallel_size: 1, endpoint_node: node1, vllm_args: []},
+               {nodes: [node2], replicas: [1], data_parallel_size: 1, endpoint_node: node2, vllm_args: []}]
     warnings:
       description: Things that work but deserve attention (TP across nodes, replicated KV heads, uneven stages).
       type: list

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._serving_groups import node_role
 from ansible_collections.llmserve.cluster.plugins.modules.parallel_plan import run_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -46,13 +47,16 @@ PLAYBOOK = """
 """
 
 
-def render(tmp_path: Path, variables: dict) -> str:
+TEMPLATE = REPO_ROOT / "roles" / "vllm_serve" / "templates" / "vllm.service.j2"
+
+
+def render(tmp_path: Path, variables: dict, template: Path = TEMPLATE) -> str:
     playbook = tmp_path / "render.yml"
     playbook.write_text(PLAYBOOK)
     output = tmp_path / "vllm.service"
     variables = dict(
         variables,
-        template=str(REPO_ROOT / "roles" / "vllm_serve" / "templates" / "vllm.service.j2"),
+        template=str(template),
         output=str(output),
         ansible_python_interpreter=sys.executable,
     )
@@ -112,6 +116,7 @@ def test_ray_unit_for_a_2x8_plan_matches_the_reviewed_golden_file(tmp_path):
             "vllm_serve_backend": "ray",
             "vllm_serve_plan": plan,
             "vllm_serve_node_rank": 0,
+            "vllm_serve_role": node_role(plan, "gpu-node-01"),
             "vllm_serve_master_addr": "10.20.0.11",
             "vllm_serve_node_environment": HEAD_ENVIRONMENT,
             "vllm_serve_environment": {},
@@ -134,3 +139,88 @@ def test_ray_unit_for_a_2x8_plan_matches_the_reviewed_golden_file(tmp_path):
     assert unit == GOLDEN.read_text()
     assert "VLLM_API_KEY" not in unit and "--api-key" not in unit
     assert "--tensor-parallel-size 8" in unit.replace("'", "") and "--pipeline-parallel-size 2" in unit
+
+
+# --- the native backend: one serving group per replica -------------------------------------------------------
+
+NATIVE_GOLDEN = REPO_ROOT / "tests" / "unit" / "fixtures" / "golden" / "vllm-native-2x4-h100-rank1.service"
+NATIVE_ADDRESSES = {"gpu-node-01": "10.20.0.11", "gpu-node-02": "10.20.0.12", "gpu-node-03": "10.20.0.13"}
+
+
+def native_plan(nodes, **sizes) -> dict:
+    params = {
+        name: None
+        for name in ("model", "revision", "head", "max_num_batched_tokens", "max_num_seqs", "flashinfer_sampler")
+    }
+    params.update(
+        model_dir=str(REPO_ROOT / "tests" / "unit" / "fixtures" / "models" / "Llama-3.1-70B-Instruct"),
+        cluster=nodes,
+        gpu_memory_utilization=0.9,
+        kv_cache_dtype="auto",
+        max_model_len=8192,
+        vllm_version="0.32.0",
+        tensor_parallel_size=sizes.get("tensor_parallel_size"),
+        pipeline_parallel_size=sizes.get("pipeline_parallel_size"),
+        data_parallel_size=sizes.get("data_parallel_size"),
+    )
+
+    def fail(**result):
+        raise AssertionError(result)
+
+    return run_plan(params, fail)["plan"]
+
+
+def native_unit(tmp_path: Path, plan: dict, host: str) -> str:
+    """The unit vllm_serve's configure.yml renders for HOST: its group's rank, nnodes and master."""
+    role = node_role(plan, host)
+    return render(
+        tmp_path,
+        {
+            "vllm_serve_backend": "native",
+            "vllm_serve_plan": plan,
+            "vllm_serve_role": role,
+            "vllm_serve_node_rank": role["node_rank"],
+            "vllm_serve_master_addr": NATIVE_ADDRESSES[role["master_host"]],
+            "vllm_serve_node_environment": {"GLOO_SOCKET_IFNAME": "eth0", "VLLM_HOST_IP": NATIVE_ADDRESSES[host]},
+            "vllm_serve_environment": {},
+            "vllm_serve_extra_args": [],
+            "vllm_serve_venv": "/opt/llmserve/venv",
+            "vllm_serve_model_path": "/srv/models/Llama-3.1-70B-Instruct",
+            "vllm_serve_served_model_name": "Llama-3.1-70B-Instruct",
+            "vllm_serve_user": "llmserve",
+            "vllm_serve_config_dir": "/etc/llmserve",
+            "vllm_serve_host": NATIVE_ADDRESSES[host],
+            "vllm_serve_port": 8000,
+            "vllm_serve_master_port": 29555,
+            "vllm_serve_restart_sec": 10,
+            "vllm_serve_ray_gcs_port": 6379,
+            "vllm_serve_ray_auth_token_path": "",
+        },
+    )
+
+
+def test_a_single_replica_native_unit_is_the_one_rendered_before_serving_groups(tmp_path):
+    # The golden file was rendered by the template as it was before serving groups, so a plan with one
+    # replica must come out byte for byte the same: an upgraded collection rewrites no unit and restarts nothing.
+    plan = native_plan([dict(node, gpus=4) for node in NODES], tensor_parallel_size=8)
+    unit = native_unit(tmp_path, plan, "gpu-node-02")
+    if os.environ.get("LLMSERVE_UPDATE_GOLDEN"):
+        NATIVE_GOLDEN.write_text(unit)
+    assert unit == NATIVE_GOLDEN.read_text()
+    assert "--nnodes 2 \\\n    --node-rank 1 \\\n    --master-addr 10.20.0.11" in unit and "--headless" in unit
+
+
+def test_each_node_of_two_single_node_replicas_serves_its_own_api(tmp_path):
+    nodes = [dict(node, gpus=4) for node in NODES]
+    plan = native_plan(nodes, tensor_parallel_size=4, data_parallel_size=2)
+    unit = native_unit(tmp_path, plan, "gpu-node-02")
+    assert "--nnodes 1 \\\n    --node-rank 0 \\\n    --master-addr 10.20.0.12" in unit
+    assert "--host 10.20.0.12 \\\n    --port 8000" in unit and "--headless" not in unit
+    assert "--data-parallel-size" not in unit
+
+
+def test_replicas_sharing_a_node_are_one_server_with_vllm_data_parallel(tmp_path):
+    plan = native_plan(NODES[:1], tensor_parallel_size=4, data_parallel_size=2)
+    unit = native_unit(tmp_path, plan, "gpu-node-01")
+    assert unit.count("--data-parallel-size 2") == 1
+    assert "--tensor-parallel-size 4" in unit.replace("'", "") and "--nnodes 1" in unit

@@ -331,7 +331,8 @@ def test_data_parallel_replicas_multiply_concurrency():
     assert (replicas.tensor_parallel_size, replicas.data_parallel_size) == (1, 2)
     assert replicas.kv_cache_tokens == single.kv_cache_tokens
     assert replicas.max_concurrency == pytest.approx(2 * single.max_concurrency, abs=0.02)
-    assert "--data-parallel-size" in replicas.vllm_args
+    # Both replicas share the node: one vLLM server with vLLM's own data parallel (tests in test_serving_groups.py).
+    assert replicas.serving_groups[0]["vllm_args"] == ["--data-parallel-size", "2"]
 
 
 def test_max_model_len_above_the_model_is_refused():
