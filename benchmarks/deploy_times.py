@@ -23,6 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.conftest import link_collection  # noqa: E402
 from tests.integration.helpers import ansible_playbook, recap  # noqa: E402
 
 SANDBOX = REPO_ROOT / "tests" / "sandbox"
@@ -44,6 +45,7 @@ def timed_deploy(label: str) -> dict:
 
 
 def main() -> int:
+    link_collection()  # a fresh clone has no .build/collections yet
     subprocess.run([sys.executable, str(SANDBOX / "wheelhouse.py")], check=True)
     subprocess.run([sys.executable, str(SANDBOX / "make_tiny_model.py"), "--ensure-venv"], check=True)
     sandbox("down")
