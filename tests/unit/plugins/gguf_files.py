@@ -216,7 +216,9 @@ TINY_LLAMA_METADATA: Dict[str, MetadataValue] = {
 }
 
 
-def write_tiny_llama_f16(directory: Path) -> List[Path]:
+def write_tiny_llama_f16(directory: Path, tied_embeddings: bool = True) -> List[Path]:
+    """The tiny Llama in f16; ``tied_embeddings=False`` adds an f16 ``output.weight``, as the sandbox's
+    converted model has (its llama-server log counts the output layer's bytes on the last device)."""
     tensors = llama_style_tensors(
         block_count=4,
         embedding_length=256,
@@ -226,6 +228,6 @@ def write_tiny_llama_f16(directory: Path) -> List[Path]:
         vocab_size=512,
         layer_types={name: "F16" for name in QWEN25_72B_Q2_K_LAYER_TYPES},
         embedding_type="F16",
-        output_type=None,
+        output_type=None if tied_embeddings else "F16",
     )
     return write_sparse_gguf(directory / "tiny-llama-f16.gguf", "llama", TINY_LLAMA_METADATA, tensors)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gguf_files import QWEN25_72B_Q2_K_LAYER_TYPES, TINY_LLAMA_METADATA, llama_style_tensors, write_sparse_gguf
+from gguf_files import write_tiny_llama_f16
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._gguf_model import read_gguf_model
 from ansible_collections.llmserve.cluster.plugins.module_utils._gguf_planner import plan_gguf
@@ -35,26 +35,17 @@ def test_weights_and_kv_estimates_match_what_llama_server_allocated():
         assert comparison["devices"][device]["kv_cache_mib"]["within"]
 
 
-def test_the_saved_plan_predates_the_compute_buffer_calibration():
-    # plan-tiny-2rpc.json was written by the first planner, which summed live tensors: the host's compute buffer
-    # came out 4x too small. Kept as the record of that gap; the current planner is checked below.
+def test_compare_flags_a_compute_buffer_outside_the_tolerance():
+    # The negative control for compare(): plan-tiny-2rpc.json was written by the first planner, which summed
+    # live tensors, so its host compute buffer is 4x too small. The current planner is checked below.
     comparison = compare(PLAN, parse_memory(LOG), tolerance=0.10)
-    assert comparison["devices"]["Host"]["compute_mib"]["within"] is False
+    host = comparison["devices"]["Host"]["compute_mib"]
+    assert host["within"] is False and host["ratio"] == pytest.approx(10.55 / 2.5, rel=0.01)
+    assert comparison["within"] is False
 
 
 def test_todays_plan_for_the_sandbox_run_matches_every_buffer_llama_server_logged(tmp_path):
-    tensors = llama_style_tensors(
-        block_count=4,
-        embedding_length=256,
-        feed_forward_length=512,
-        head_count=4,
-        head_count_kv=2,
-        vocab_size=512,
-        layer_types={name: "F16" for name in QWEN25_72B_Q2_K_LAYER_TYPES},
-        embedding_type="F16",
-        output_type="F16",
-    )
-    model = read_gguf_model([str(write_sparse_gguf(tmp_path / "tiny.gguf", "llama", TINY_LLAMA_METADATA, tensors)[0])])
+    model = read_gguf_model([str(write_tiny_llama_f16(tmp_path, tied_embeddings=False)[0])])
     devices = [
         {"name": device["name"], "node": device["node"], "kind": "rpc", "memory_free_mib": device["free_mib"]}
         for device in PLAN["devices"]
