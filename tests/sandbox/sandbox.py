@@ -408,7 +408,19 @@ def ensure_rootfs() -> None:
     log(f"building the base rootfs with debootstrap from {mirror} (about a minute)")
     started = time.monotonic()
     try:
-        run_debootstrap(building, mirror)
+        # A mirror drops a download now and then ("Retrying failed download" and then a failure): a fresh
+        # attempt, not a failed run, is the answer.
+        for attempt in range(1, DEBOOTSTRAP_ATTEMPTS + 1):
+            try:
+                run_debootstrap(building, mirror)
+                break
+            except SandboxError as failure:
+                if attempt == DEBOOTSTRAP_ATTEMPTS:
+                    raise
+                log(f"{failure.args[0].splitlines()[0]} (attempt {attempt} of {DEBOOTSTRAP_ATTEMPTS}); trying again")
+                if building.exists():
+                    remove_tree(building)
+                time.sleep(10 * attempt)
         customize_rootfs(building)
         if ROOTFS.exists():
             outdated = ROOTFS.with_name(ROOTFS.name + ".outdated")
@@ -419,6 +431,9 @@ def ensure_rootfs() -> None:
         if building.exists():
             remove_tree(building)
     log(f"base rootfs built in {time.monotonic() - started:.0f} s")
+
+
+DEBOOTSTRAP_ATTEMPTS = 3
 
 
 def run_debootstrap(target: Path, mirror: str) -> None:
