@@ -6,10 +6,8 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.llmserve.cluster.plugins.action.parallel_plan import host_devices
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    PlanError,
-    cluster_from_gpu_facts,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import cluster_from_gpu_facts
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import PlanError
 from ansible_collections.llmserve.cluster.plugins.modules.batch_plan import ARGUMENT_SPEC, run_batch_plan
 from ansible_collections.llmserve.cluster.plugins.plugin_utils._play_facts import collect_fact
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    PlanError,
-    cluster_from_gpu_facts,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import cluster_from_gpu_facts
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import PlanError
 from ansible_collections.llmserve.cluster.plugins.modules.parallel_plan import (
     ARGUMENT_SPEC,
     MUTUALLY_EXCLUSIVE,

@@ -20,10 +20,8 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec impor
     ModelSpecError,
     load_model_spec_from_dir,
 )
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    PlanError,
-    tensor_parallel_problem,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import PlanError
+from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_layouts import tensor_parallel_problem
 
 BACKENDS = ("native", "ray", "llama_cpp")
 MODEL_SOURCES = ("hub", "controller_dir", "shared_path")

@@ -289,12 +289,9 @@ suggestions:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import ModelSpecError
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    KV_CACHE_DTYPE_BYTES,
-    NoFitError,
-    PlanError,
-    plan_from_params,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import NoFitError, plan_from_params
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import PlanError
+from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_memory import KV_CACHE_DTYPE_BYTES
 
 ARGUMENT_SPEC = dict(
     model_dir=dict(type="path"),

@@ -14,7 +14,8 @@ from ansible.modules.systemd_service import parse_systemctl_show
 from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import read_completion
 from ansible_collections.llmserve.cluster.plugins.module_utils._gpu_probe import probe_gpus
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import ClusterNode, PlanOptions, plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanOptions
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SANDBOX_DEVICES = {"gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"}

@@ -3,150 +3,23 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from planner_fixtures import A10, A100_40, A800, H100, MODELS, P40, RTX4090, model, nodes
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import (
     GIB,
     load_model_spec_from_dir,
-    parse_config,
 )
 from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    ClusterNode,
     NoFitError,
+    cluster_from_gpu_facts,
+    plan,
+)
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import (
     PlanError,
     PlanOptions,
-    cluster_from_gpu_facts,
-    get_pp_indices,
-    kv_bytes_per_token_per_layer,
     parse_cluster,
-    plan,
-    pp_layer_partition,
-    tensor_parallel_problem,
 )
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-MODELS = FIXTURES / "models"
-
-H100 = dict(gpu_memory_mib=81559, gpu_name="NVIDIA H100 80GB HBM3")
-A800 = dict(gpu_memory_mib=81920, gpu_name="NVIDIA A800-SXM4-80GB")
-A100_40 = dict(gpu_memory_mib=40960, gpu_name="NVIDIA A100-SXM4-40GB")
-A10 = dict(gpu_memory_mib=23028, gpu_name="NVIDIA A10")
-P40 = dict(gpu_memory_mib=22919, gpu_name="Tesla P40")
-RTX4090 = dict(gpu_memory_mib=24564, gpu_name="NVIDIA GeForce RTX 4090")
-
-
-def model(name):
-    return load_model_spec_from_dir(str(MODELS / name))
-
-
-def nodes(count, gpus, kind):
-    return [ClusterNode(name=f"node{index + 1}", gpus=gpus, **kind) for index in range(count)]
-
-
-# --- vLLM's layer placement -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "layers, stages, expected",
-    [
-        (61, 4, [15, 15, 16, 15]),
-        (80, 3, [27, 27, 26]),
-        (32, 6, [5, 5, 5, 6, 6, 5]),
-        (40, 2, [20, 20]),
-        (61, 8, [7, 7, 8, 8, 8, 8, 8, 7]),
-        (7, 7, [1] * 7),
-    ],
-)
-def test_pp_partition_matches_get_pp_indices(layers, stages, expected):
-    assert pp_layer_partition(layers, stages) == expected
-    starts = [get_pp_indices(layers, rank, stages) for rank in range(stages)]
-    assert [end - start for start, end in starts] == expected
-    assert starts[0][0] == 0 and starts[-1][1] == layers
-
-
-def test_get_pp_indices_of_one_rank():
-    assert get_pp_indices(61, 2, 4) == (30, 46)
-
-
-def test_more_stages_than_layers_is_refused():
-    with pytest.raises(PlanError) as error:
-        pp_layer_partition(4, 5)
-    assert error.value.field == "pipeline_parallel_size"
-
-
-# --- what vLLM accepts ------------------------------------------------------------------------------------
-
-
-def test_heads_must_divide_by_tp():
-    assert "num_attention_heads (40)" in tensor_parallel_problem(model("Qwen-14B-Chat"), 3)
-    assert tensor_parallel_problem(model("Qwen-14B-Chat"), 4) is None
-
-
-def test_kv_heads_divide_or_are_replicated():
-    llama = model("Llama-3.1-70B-Instruct")  # 64 heads, 8 KV heads
-    assert tensor_parallel_problem(llama, 16) is None  # 16 is a multiple of 8: each KV head on 2 GPUs
-    assert tensor_parallel_problem(llama, 4) is None
-    twelve_kv_heads = parse_config(_llama_like(heads=48, kv_heads=12, vocab=32000))
-    assert "num_key_value_heads (12) must be divisible by tensor_parallel_size (8)" in tensor_parallel_problem(
-        twelve_kv_heads, 8
-    )
-    assert "tensor_parallel_size (16) must be a multiple of num_key_value_heads (12)" in tensor_parallel_problem(
-        twelve_kv_heads, 16
-    )
-
-
-def test_padded_vocabulary_must_split_over_tp():
-    spec = parse_config(_llama_like(heads=48, kv_heads=48, vocab=32000))
-    assert "padded to a multiple of 64 (32000)" in tensor_parallel_problem(spec, 3)
-
-
-def test_awq_group_size_against_the_tp_shard_of_down_proj():
-    spec = model("Qwen2-72B-Instruct-AWQ")  # intermediate 29568 = 128 x 231 (vllm#5675)
-    for tp in (2, 4, 8):
-        assert "group_size 128 does not divide down_proj's input" in tensor_parallel_problem(spec, tp)
-    assert tensor_parallel_problem(spec, 1) is None
-
-
-def test_fp8_block_quantization_is_checked_per_shard():
-    assert tensor_parallel_problem(model("DeepSeek-R1"), 8) is None
-    assert tensor_parallel_problem(model("DeepSeek-R1"), 32) is not None  # 2048 / 32 = 64 < one 128 block
-
-
-def _llama_like(heads=32, kv_heads=8, vocab=128256, layers=32, hidden=4096):
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "intermediate_size": 14336,
-        "vocab_size": vocab,
-        "max_position_embeddings": 8192,
-        "torch_dtype": "bfloat16",
-    }
-
-
-# --- KV cache bytes ---------------------------------------------------------------------------------------
-
-
-def test_gqa_kv_bytes_split_over_tp():
-    llama = model("Llama-3.1-70B-Instruct")
-    # 2 (K and V) x 8/4 KV heads x 128 x 2 bytes per layer, times 80 layers = 81,920 bytes per token and GPU.
-    assert kv_bytes_per_token_per_layer(llama, 4, "auto") * 80 == 81920
-    assert kv_bytes_per_token_per_layer(llama, 16, "auto") == 2 * 1 * 128 * 2  # replicated, not below one head
-    assert kv_bytes_per_token_per_layer(llama, 4, "fp8") == 2 * 2 * 128
-
-
-def test_mla_kv_is_one_latent_head_on_every_rank():
-    deepseek = model("DeepSeek-R1")
-    assert kv_bytes_per_token_per_layer(deepseek, 1, "auto") == 576 * 2
-    assert kv_bytes_per_token_per_layer(deepseek, 8, "auto") == 576 * 2  # no factor 2, no split by TP
-    assert kv_bytes_per_token_per_layer(deepseek, 8, "fp8") == 576
-    assert kv_bytes_per_token_per_layer(deepseek, 8, "fp8_ds_mla") == 656
-
 
 # --- the strategy rule ------------------------------------------------------------------------------------
 
@@ -221,56 +94,7 @@ def test_seed_qwen25_72b_on_two_p40_does_not_fit_in_bf16():
     assert "Tesla P40" in message and "llama_cpp" in message
 
 
-# --- memory -----------------------------------------------------------------------------------------------
-
-
-# Every real vLLM log the memory model is checked against: test_planner_observations.py.
-
-
-def test_budget_uses_what_cuda_sees_not_what_nvml_reports():
-    result = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
-    assert result.per_gpu["cuda_total_bytes"] / GIB == pytest.approx(79.18, abs=0.01)
-    assert result.per_gpu["budget_bytes"] == int(0.9 * result.per_gpu["cuda_total_bytes"])
-
-
-def test_vllm_batch_defaults_depend_on_the_gpu():
-    on_h100 = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
-    on_a100 = plan(
-        model("Qwen3-8B"), nodes(1, 1, dict(gpu_memory_mib=81920, gpu_name="NVIDIA A100-SXM4-80GB")), PlanOptions()
-    )
-    assert (on_h100.max_num_batched_tokens, on_h100.max_num_seqs) == (8192, 1024)
-    assert (on_a100.max_num_batched_tokens, on_a100.max_num_seqs) == (2048, 256)
-    # The smaller profile run leaves the A100 more KV cache although its budget is about the same.
-    assert on_a100.kv_cache_tokens > on_h100.kv_cache_tokens
-    explicit = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(max_num_batched_tokens=2048, max_num_seqs=256))
-    assert explicit.per_gpu["activation_bytes"] < on_h100.per_gpu["activation_bytes"]
-    assert "--max-num-batched-tokens" in explicit.vllm_args
-
-
-def test_kv_cache_is_the_smallest_worker_in_16_token_blocks():
-    cluster = [
-        ClusterNode("big", 1, 81559, "NVIDIA H100 80GB HBM3"),
-        ClusterNode("small", 1, 40960, "NVIDIA A100-SXM4-40GB"),
-    ]
-    result = plan(model("Llama-3.1-8B-Instruct"), cluster, PlanOptions(pipeline_parallel_size=2))
-    stage_tokens = [stage["kv_cache_tokens"] for stage in result.pipeline_stages]
-    assert result.kv_cache_tokens == min(stage_tokens) == stage_tokens[1]
-    assert result.kv_cache_tokens % 16 == 0
-    assert any("differ in memory" in warning for warning in result.warnings)
-
-
-def test_fp8_kv_cache_doubles_the_tokens():
-    auto = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions())
-    fp8 = plan(model("Qwen3-8B"), nodes(1, 1, H100), PlanOptions(kv_cache_dtype="fp8"))
-    assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, abs=32)
-    assert fp8.vllm_args[-2:] == ["--kv-cache-dtype", "fp8"]
-
-
-def test_quantized_weights_are_sized_from_the_files():
-    result = plan(model("Qwen2-72B-Instruct-AWQ"), nodes(1, 1, A800), PlanOptions())
-    assert result.strategy == "single_gpu"
-    # 41.46 GB of AWQ files, not the 145 GB the parameter count would suggest in fp16.
-    assert result.per_gpu["weights_bytes"] == pytest.approx(41_464_774_656, rel=0.01)
+# --- what would fit instead -------------------------------------------------------------------------------
 
 
 def test_a_shorter_max_model_len_is_suggested_and_then_fits():
@@ -381,20 +205,6 @@ def test_sandbox_cpu_cluster_with_tp_across_two_hosts():
 
 
 # --- cluster input ----------------------------------------------------------------------------------------
-
-
-def test_cluster_entries_are_validated_with_their_index():
-    with pytest.raises(PlanError, match=r"cluster\[1\] \(b\)\.gpus must be a positive integer, got 'eight'"):
-        parse_cluster(
-            [{"name": "a", "gpus": 8, "gpu_memory_mib": 81559}, {"name": "b", "gpus": "eight", "gpu_memory_mib": 81559}]
-        )
-    with pytest.raises(PlanError, match="gpu_memory_mib"):
-        parse_cluster([{"name": "a", "gpus": 8, "gpu_memory_mib": 0}])
-    with pytest.raises(PlanError, match="unique"):
-        parse_cluster([{"name": "a", "gpus": 1, "gpu_memory_mib": 1}, {"name": "a", "gpus": 1, "gpu_memory_mib": 1}])
-    with pytest.raises(PlanError, match="non-empty list"):
-        parse_cluster([])
-    assert parse_cluster([{"name": "a", "gpus": "8", "gpu_memory_mib": 81559}])[0].gpus == 8
 
 
 def _gpu(index, name="NVIDIA H100 80GB HBM3", memory=81559):

@@ -8,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import ClusterNode, PlanOptions, plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
 from ansible_collections.llmserve.cluster.plugins.module_utils._placement_view import (
     placement,
     rank_position,
     render_html,
     slot_label,
 )
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanOptions
 
 MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "models"
 H100 = dict(gpu_memory_mib=81559, gpu_name="NVIDIA H100 80GB HBM3")

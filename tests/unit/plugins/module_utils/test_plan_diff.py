@@ -9,12 +9,9 @@ import json
 from pathlib import Path
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    ClusterNode,
-    PlanOptions,
-    plan,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_diff import compare_plans
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanOptions
 
 MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "models"
 SPEC = load_model_spec_from_dir(str(MODELS / "Llama-3.1-70B-Instruct"))

@@ -6,11 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    ClusterNode,
-    PlanOptions,
-    plan,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanOptions
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_table import render_box, render_plan
 
 MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "models"

@@ -15,18 +15,19 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec impor
     load_model_spec_from_dir,
     parse_config,
 )
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import NoFitError, plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import (
+    ClusterNode,
+    PlanError,
+    PlanOptions,
+    parse_cluster,
+    parse_vllm_version,
+)
+from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_memory import (
     KERNEL_SAMPLER_BYTES_PER_LOGIT,
     MODEL_RUNNER_V2_BYTES_PER_LOGIT,
     SAMPLER_BYTES_PER_LOGIT,
-    ClusterNode,
-    NoFitError,
-    PlanError,
-    PlanOptions,
     kv_bytes_per_token_per_layer,
-    parse_cluster,
-    parse_vllm_version,
-    plan,
     sampler_bytes_per_logit,
     tensor_parallel_comm_bytes,
 )

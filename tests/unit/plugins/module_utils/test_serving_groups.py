@@ -16,13 +16,9 @@ import pytest
 
 from ansible_collections.llmserve.cluster.plugins.filter.node_role import FilterModule
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import (
-    ClusterNode,
-    PlanError,
-    PlanOptions,
-    plan,
-)
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_diff import compare_plans
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanError, PlanOptions
 from ansible_collections.llmserve.cluster.plugins.module_utils._serving_groups import node_role, plan_serving_groups
 
 MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "models"

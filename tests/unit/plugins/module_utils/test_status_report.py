@@ -15,7 +15,8 @@ from status_shapes import FIXTURES, answered_endpoint, sandbox_node, sandbox_pla
 from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import read_completion
 from ansible_collections.llmserve.cluster.plugins.module_utils._gpu_probe import probe_gpus
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
-from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import ClusterNode, PlanOptions, plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._parallel_planner import plan
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import ClusterNode, PlanOptions
 from ansible_collections.llmserve.cluster.plugins.module_utils._ray_cluster import readiness_message, summarize_nodes
 from ansible_collections.llmserve.cluster.plugins.module_utils._status_report import (
     cluster_status,
