@@ -60,13 +60,12 @@ def role_options(path: Path):
 
 def module_options(path: Path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    documentation = next(
-        node.value.value
-        for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION"
-    )
-    for full, name, option in options_of(yaml.safe_load(documentation).get("options")):
-        yield full, name, option.get("description"), ()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION":
+            for full, name, option in options_of(yaml.safe_load(node.value.value).get("options")):
+                yield full, name, option.get("description"), ()
+            return
+    yield "DOCUMENTATION", path.stem, None, ()
 
 
 FILES = [(path, role_options) for path in SPEC_FILES] + [(path, module_options) for path in MODULE_FILES]
@@ -84,7 +83,7 @@ def test_options_were_found():
     assert found > 100, f"only {found} options found: the scan of specs and modules is broken"
 
 
-@pytest.mark.parametrize(("path", "reader"), FILES, ids=[str(path.relative_to(ROOT)) for path, _ in FILES])
+@pytest.mark.parametrize(("path", "reader"), FILES, ids=[str(entry[0].relative_to(ROOT)) for entry in FILES])
 def test_every_option_has_a_real_description(path, reader):
     problems = [
         f"{where}: {text(description)!r} {problem}"
