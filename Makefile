@@ -8,13 +8,20 @@ SANDBOX := $(BIN)/python tests/sandbox/sandbox.py
 COLLECTIONS_ROOT := $(CURDIR)/.build/collections
 SANITY_ROOT := $(CURDIR)/.build/sanity/ansible_collections/llmserve/cluster
 GET_PIP_CACHE := $(HOME)/.ansible/test/cache/get_pip_$(shell echo 24.2 | tr . _).py
+# Generated reference docs of every role and plugin, checked in; `make docs` rewrites them.
+DOCS_DIR := docs/collections
+DOCS_BUILD := $(CURDIR)/.build/docs
+# From the installed collection (the link above) through ansible-doc: offline, and without the
+# antsibull-docs version in the output, so the same sources give the same files.
+ANTSIBULL_DOCS := $(BIN)/antsibull-docs collection --use-current --output-format simplified-rst \
+                  --no-add-antsibull-docs-version --fail-on-error
 
 # Playbooks run from a checkout find the collection through this path.
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 export PATH := $(BIN):$(PATH)
 
 .PHONY: venv collection-link test lint ruff ansible-lint sanity unit integration build \
-        sandbox-up sandbox-down sandbox-status demo
+        sandbox-up sandbox-down sandbox-status demo docs docs-build docs-check
 
 venv: $(VENV)/.installed
 
@@ -30,7 +37,7 @@ collection-link:
 
 test: lint sanity unit integration
 
-lint: ruff ansible-lint
+lint: ruff ansible-lint docs-check
 
 ruff: venv
 	$(BIN)/ruff check .
@@ -38,6 +45,24 @@ ruff: venv
 
 ansible-lint: venv collection-link
 	$(BIN)/ansible-lint --profile production
+
+# Builds into .build/docs/collections: the docs of every role and plugin, from their argument specs
+# and DOCUMENTATION, after checking every O()/M() reference in them points at something that exists.
+docs-build: venv collection-link
+	rm -rf $(DOCS_BUILD) && mkdir -p $(DOCS_BUILD)
+	cd $(COLLECTIONS_ROOT)/ansible_collections/llmserve/cluster && \
+	  $(BIN)/antsibull-docs lint-collection-docs --plugin-docs --validate-collection-refs=self .
+	$(ANTSIBULL_DOCS) --dest-dir $(DOCS_BUILD) llmserve.cluster
+
+docs: docs-build
+	rm -rf $(DOCS_DIR) && mkdir -p $(dir $(DOCS_DIR)) && cp -R $(DOCS_BUILD)/collections $(DOCS_DIR)
+
+# CI: the checked-in docs must be what the sources generate now.
+docs-check: docs-build
+	@diff -r $(DOCS_DIR) $(DOCS_BUILD)/collections > $(DOCS_BUILD).diff || { \
+	  cat $(DOCS_BUILD).diff | head -n 60; \
+	  echo "$(DOCS_DIR) is stale: run 'make docs' and commit the result."; exit 1; }
+	@echo "$(DOCS_DIR) matches the argument specs and DOCUMENTATION."
 
 # ansible-test insists on running from a directory named ansible_collections/<ns>/<name>,
 # so the files git knows about are copied there.

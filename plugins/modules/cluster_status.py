@@ -98,7 +98,8 @@ warnings_found:
   type: list
   elements: str
 report:
-  description: The text report.
+  description: >-
+    The text report for the whole cluster (nodes, GPUs, Ray, endpoints, plan, problems), as the play prints it.
   returned: always
   type: str
 plan:

@@ -30,18 +30,20 @@ options:
     type: str
     required: true
   model:
-    description: The served model name.
+    description: >-
+      The served model name the completion asks for (vLLM's C(--served-model-name), llama-server's C(--alias)).
     type: str
     required: true
   api_key:
     description: Bearer token for C(/v1) routes.
     type: str
   prompt:
-    description: Prompt to send.
+    description: Prompt of the completion; any short text proves that the engine generates.
     type: str
     default: Hello
   max_tokens:
-    description: Tokens to generate.
+    description: >-
+      Tokens to generate, greedily (temperature 0). One token already needs a forward pass through every rank.
     type: int
     default: 1
   timeout:
@@ -85,7 +87,7 @@ seconds:
   returned: always
   type: float
 text:
-  description: The generated text.
+  description: The text the completion generated; null when it failed.
   returned: always
   type: str
 error:

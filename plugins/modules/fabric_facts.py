@@ -46,15 +46,18 @@ options:
     type: dict
     default: {}
   sysfs_root:
-    description: Where sysfs is mounted.
+    description: >-
+      Where sysfs is mounted; the network and InfiniBand devices are read under its C(class/). Tests point it at a
+      captured tree.
     type: path
     default: /sys
   proc_root:
-    description: Where procfs is mounted.
+    description: >-
+      Where procfs is mounted; the default route (C(net/route)) and the loaded kernel modules are read under it.
     type: path
     default: /proc
   dev_root:
-    description: Where the device nodes live.
+    description: Where the device nodes live, checked for C(infiniband/), the RDMA character devices NCCL opens.
     type: path
     default: /dev
 requirements:

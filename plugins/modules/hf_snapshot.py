@@ -58,7 +58,7 @@ options:
     type: list
     elements: str
   max_workers:
-    description: Files downloaded in parallel.
+    description: Files huggingface_hub downloads in parallel (its C(max_workers)).
     type: int
     default: 8
   progress_path:

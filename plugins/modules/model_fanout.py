@@ -89,7 +89,7 @@ options:
     type: str
     default: root
   ssh_port:
-    description: ssh port of the receivers.
+    description: Port of the receivers' sshd that this node's rsync connects to.
     type: int
     default: 22
   ssh_identity_file:
@@ -102,7 +102,7 @@ options:
     description: More ssh options, in one string as C(ansible_ssh_common_args) holds them.
     type: str
   rsync_path:
-    description: rsync program on this node.
+    description: The rsync program on this node, a name on C(PATH) or an absolute path.
     type: str
     default: rsync
   bandwidth_limit_kib:

@@ -64,7 +64,8 @@ options:
     default: {}
     suboptions:
       kind:
-        description: The kind of source.
+        description: >-
+          Which model source the files came from (as llmserve_model_source names it), recorded in the manifest.
         type: str
         choices: [hub, controller_dir, shared_path]
         default: controller_dir
@@ -83,7 +84,7 @@ options:
     type: bool
     default: false
   hash_workers:
-    description: Files hashed in parallel.
+    description: Files hashed in parallel. More helps on fast NVMe and network storage; fewer leaves CPU to other work.
     type: int
     default: 4
 """
