@@ -578,11 +578,11 @@ def check_settings(host: str, variables: Mapping[str, Any], findings: Findings) 
 # --- paths ---------------------------------------------------------------------------------------------------
 
 
-def path_problem(path: str) -> Optional[str]:
+def path_problem(path: str, spaces_ok: bool = False) -> Optional[str]:
     """Why a directory cannot be one the collection owns (creates, chmods, fills, deletes), or None."""
     if not path.startswith("/"):
         return "not an absolute path"
-    if any(character.isspace() for character in path):
+    if not spaces_ok and any(character.isspace() for character in path):
         return "a path with whitespace (systemd unit lines and pip arguments split on it)"
     if ".." in path.split("/"):
         return "a path with '..' in it"
@@ -638,7 +638,9 @@ def check_paths(host: str, variables: Mapping[str, Any], findings: Findings) -> 
     places = owned_places(variables)
     for entry in places:
         directory = entry["path"] if entry["kind"] == "directory" else posixpath.dirname(entry["path"])
-        problem = path_problem(entry["path"]) if entry["kind"] == "directory" else None
+        # The model path reaches vLLM quoted; the venv and the other paths are written bare into unit lines.
+        spaces_ok = entry["place"] == "the model path"
+        problem = path_problem(entry["path"], spaces_ok) if entry["kind"] == "directory" else None
         if entry["kind"] == "file":
             if not entry["path"].startswith("/") or entry["path"].endswith("/"):
                 problem = "not an absolute file path"
