@@ -249,6 +249,7 @@ CHECKED_VARIABLES = tuple(
             "model_weights_hub_pip_extra_args",
             "llama_cpp_build_pip_find_links",
             "llmserve_decommission",
+            "llama_cpp_version",
             *BIND_VARIABLES,
         )
     )
@@ -1032,6 +1033,17 @@ def check_versions(host: str, variables: Mapping[str, Any], findings: Findings) 
                 f"{suggested_release(version) if re.search(r'[0-9]', version) else example} (no 'v', no range, not "
                 "'latest': pip installs it on every node and the planner reads it, so it must name one release)."
             )
+    llama_version = variables.get("llama_cpp_version")
+    if (
+        variables.get("llmserve_backend") == "llama_cpp"
+        and llama_version is not None
+        and not re.match(r"^b\d+$", str(llama_version).strip())
+    ):
+        findings.errors.append(
+            f"llama_cpp_version on {host} is {llama_version!r}; use a llama.cpp release tag such as b6800 (b and "
+            "the build number, as github.com/ggml-org/llama.cpp/releases names them), with its "
+            "llama_cpp_source_sha256."
+        )
     if variables.get("python_runtime_requirements_file"):
         return
     packages = variables.get("python_runtime_packages")
@@ -1126,6 +1138,16 @@ def check_port_ranges(host: str, variables: Mapping[str, Any], findings: Finding
                         ", ".join(inside), host, "is" if len(inside) == 1 else "are", low, high
                     )
                 )
+    # The servers run as the unprivileged service account, which cannot bind below 1024.
+    api_ports = ("llama_cpp_port", "llama_cpp_rpc_port") if backend == "llama_cpp" else ("vllm_serve_port",)
+    for name in api_ports:
+        port = _as_int(variables.get(name))
+        if port is not None and 1 <= port < 1024:
+            findings.errors.append(
+                f"{name} on {host} is {port}, a privileged port: the server runs as the unprivileged llmserve "
+                "account, which cannot bind below 1024. Use a port from 1024 up (8000 by default) and put a proxy or a "
+                "firewall redirect on the port clients use."
+            )
     if backend == "llama_cpp":
         api = _check_port("llama_cpp_port", variables.get("llama_cpp_port", 8000), findings, host)
         rpc = _check_port("llama_cpp_rpc_port", variables.get("llama_cpp_rpc_port", 50052), findings, host)

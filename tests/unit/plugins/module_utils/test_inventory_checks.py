@@ -660,6 +660,12 @@ def test_runtime_packages_must_pin_the_releases_the_planner_reads(packages, expe
             {"llmserve_backend": "llama_cpp", "llama_cpp_port": 50052, "llama_cpp_rpc_port": 50052},
             "llama_cpp_port and llama_cpp_rpc_port on node1 are both 50052",
         ),
+        ({"vllm_serve_port": 80}, "vllm_serve_port on node1 is 80, a privileged port"),
+        ({"llmserve_backend": "llama_cpp", "llama_cpp_port": 443}, "llama_cpp_port on node1 is 443, a privileged port"),
+        (
+            {"llmserve_backend": "llama_cpp", "llama_cpp_version": "latest"},
+            "llama_cpp_version on node1 is 'latest'; use a llama.cpp release tag such as b6800",
+        ),
     ],
 )
 def test_binds_and_port_ranges_that_overlap_are_refused(overrides, expected):
