@@ -62,6 +62,14 @@ UBUNTU_2004 = (
 )
 
 
+# A safetensors index for the tiny model's single file, written beside a copy of it under /srv/llmserve-nfs.
+SHARED_COPY_INDEX = (
+    'cd /srv/llmserve-nfs/tiny-llama && printf \'{"metadata": {"total_size": %s}, "weight_map": '
+    '{"lm_head.weight": "model.safetensors"}}\' "$(stat -c %s model.safetensors)" > '
+    "model.safetensors.index.json"
+)
+
+
 @dataclass
 class Case:
     name: str
@@ -392,11 +400,13 @@ CASES = [
             "the shared storage is not mounted on it",
         ],
         extra_vars={"llmserve_model_source": "shared_path", "llmserve_model_path": "/srv/llmserve-nfs/tiny-llama"},
-        # node1 mounts the "shared storage"; node2 has a stale local copy under the bare mount point.
+        # node1 mounts the "shared storage"; node2 has a stale local copy under the bare mount point. Both copies get
+        # a safetensors index, which the planner needs to size a model it reads from shared storage.
         setup={
             "node1": "mkdir -p /srv/llmserve-nfs && mount -t tmpfs tmpfs /srv/llmserve-nfs && "
-            "cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/",
-            "node2": "mkdir -p /srv/llmserve-nfs && cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/",
+            f"cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/ && {SHARED_COPY_INDEX}",
+            "node2": f"mkdir -p /srv/llmserve-nfs && cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/ && "
+            f"{SHARED_COPY_INDEX}",
         },
         restore={
             "node1": "umount /srv/llmserve-nfs; rm -rf /srv/llmserve-nfs",
