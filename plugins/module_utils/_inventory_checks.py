@@ -791,10 +791,11 @@ LLAMA_RPC_OWNED_FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "--host": (("-H",), "llama_cpp_rpc_host"),
     "--port": (("-p",), "llama_cpp_rpc_port"),
 }
+# Each extra-args variable, the flags the deploy sets in that program, and whether it parses with argparse.
 EXTRA_ARGS_VARIABLES = {
-    "vllm_serve_extra_args": VLLM_OWNED_FLAGS,
-    "llama_cpp_server_extra_args": LLAMA_SERVER_OWNED_FLAGS,
-    "llama_cpp_rpc_extra_args": LLAMA_RPC_OWNED_FLAGS,
+    "vllm_serve_extra_args": (VLLM_OWNED_FLAGS, True),
+    "llama_cpp_server_extra_args": (LLAMA_SERVER_OWNED_FLAGS, False),
+    "llama_cpp_rpc_extra_args": (LLAMA_RPC_OWNED_FLAGS, False),
 }
 TRUST_REMOTE_CODE = "--trust-remote-code"
 
@@ -806,27 +807,33 @@ def _long_flag(argument: str) -> Optional[str]:
     return argument.split("=", 1)[0].replace("_", "-").lower()
 
 
-def owned_flag(argument: str, owned: Mapping[str, Tuple[Tuple[str, ...], str]]) -> Optional[str]:
-    """The owned flag an argument spells (long, '=value', underscores, a unique prefix argparse accepts, or a
-    short alias), or None."""
+def owned_flag(
+    argument: str, owned: Mapping[str, Tuple[Tuple[str, ...], str]], argparse_rules: bool = True
+) -> Optional[str]:
+    """The owned flag an argument spells, or None: long, '=value', underscores or a short alias; with argparse's
+    rules (vLLM) also a unique prefix of a long option and a value attached to a short one (-tp2, -n2). llama.cpp's
+    parser takes whole options only, so there -cb is not -c."""
     flag = _long_flag(argument)
     if flag is not None:
         if flag in owned:
             return flag
+        for name, (aliases, _variable) in owned.items():
+            if flag in aliases:
+                return name
         # argparse accepts any unambiguous prefix of a long option (--tensor-parallel for --tensor-parallel-size).
-        prefixed = [name for name in owned if name.startswith(flag) and len(flag) >= 5]
+        prefixed = [name for name in owned if argparse_rules and name.startswith(flag) and len(flag) >= 5]
         return prefixed[0] if prefixed else None
     for name, (aliases, _variable) in owned.items():
         for alias in aliases:
             if alias.startswith("--"):
-                if argument.split("=", 1)[0].replace("_", "-").lower() == alias:
-                    return name
-            elif argument == alias or argument.startswith(alias + "="):
+                continue
+            if argument == alias or argument.startswith(alias + "="):
                 return name
-            elif len(alias) == 2 and argument.startswith(alias) and not argument.startswith("--"):
-                # A one-letter short option takes its value attached (-n2).
-                return name
-            elif argument.startswith(alias) and argument[len(alias) :].isdigit():
+            if not argparse_rules:
+                continue
+            if len(alias) == 2 and argument.startswith(alias):
+                return name  # a one-letter short option takes its value attached (-n2)
+            if argument.startswith(alias) and argument[len(alias) :].isdigit():
                 return name
     return None
 
@@ -857,7 +864,7 @@ def config_file_argument(arguments: Sequence[Any]) -> Optional[str]:
 
 
 def check_extra_args(host: str, variables: Mapping[str, Any], findings: Findings) -> None:
-    for name, owned in EXTRA_ARGS_VARIABLES.items():
+    for name, (owned, argparse_rules) in EXTRA_ARGS_VARIABLES.items():
         if name not in variables or variables[name] is None:
             continue
         arguments = variables[name]
@@ -887,7 +894,7 @@ def check_extra_args(host: str, variables: Mapping[str, Any], findings: Findings
                     f"one argument. Split it into {text.split(None, 1)!r}."
                 )
                 continue
-            flag = owned_flag(text, owned)
+            flag = owned_flag(text, owned, argparse_rules)
             if flag is not None:
                 findings.errors.append(
                     f"{name} on {host} sets {text.split('=', 1)[0]} (that is {flag}), which the deploy sets itself "

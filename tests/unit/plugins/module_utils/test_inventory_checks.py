@@ -471,6 +471,11 @@ def test_extra_args_mistakes_are_named(name, arguments, expected):
 def test_llama_cpp_rpc_flags_are_not_taken_for_llama_server_flags():
     """-c is llama-server's context size but the RPC server's cache flag (the role's own example)."""
     assert errors_for(llama_cpp_rpc_extra_args=["-c", "-t", "16"]) == []
+    # llama.cpp takes whole options: -cb (continuous batching) and -mg (main GPU) are not -c and -m.
+    assert errors_for(llama_cpp_server_extra_args=["-cb", "-mg", "0", "--n-gpu-layers-draft", "99"]) == []
+    assert any(
+        "(that is --n-gpu-layers)" in error for error in errors_for(llama_cpp_server_extra_args=["--gpu-layers", "9"])
+    )
     assert errors_for(vllm_serve_extra_args=["--dtype", "bfloat16", "--enforce-eager", "--max-num-seqs", "8"]) == []
 
 
