@@ -50,10 +50,12 @@ TINY_MODEL = Path("/var/cache/llmserve-sandbox/models/tiny-llama")
 WORK_DIR = REPO_ROOT / ".build" / f"bad-inputs-slot{SANDBOX_SLOT}"
 MARKER = "/run/llmserve-bad-inputs-marker"
 # Everything deploy writes: the venvs (/opt), units and config (/etc), weights (/srv), state (/var/lib),
-# keys (/root). -xdev keeps the read-only shared mounts under /srv out.
+# keys (/root). -xdev keeps what is inside the read-only shared mounts under /srv out, and the prune their mount
+# points: they show the controller's caches, which other sandbox slots may fill meanwhile.
 FINGERPRINT = (
-    f"find /etc /opt /srv /var/lib /usr/local /root /home -xdev \\( -newer {MARKER} -o -cnewer {MARKER} \\) "
-    "-print 2>/dev/null | sort"
+    "find /etc /opt /srv /var/lib /usr/local /root /home -xdev "
+    "\\( -path /srv/wheelhouse -o -path /srv/shared-models \\) -prune -o "
+    f"\\( -newer {MARKER} -o -cnewer {MARKER} \\) -print 2>/dev/null | sort"
 )
 FAKE_PYTHON_312 = "/tmp/llmserve-python3.12"
 UBUNTU_2004 = (
