@@ -6,18 +6,19 @@ from __future__ import annotations
 import os
 from collections import ChainMap
 
-from ansible.errors import AnsibleError
+from ansible.errors import AnsibleError, AnsibleUndefinedVariable
 from ansible.plugins.action import ActionBase
 from ansible.template import Templar
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._inventory_checks import (
+    BIND_VARIABLES,
     CHECKED_VARIABLES,
     check_inventory,
 )
 from ansible_collections.llmserve.cluster.plugins.plugin_utils._play_facts import play_hosts
 
 # Roles whose defaults the checked variables come from, lowest precedence first.
-ROLES = ("llmserve", "python_runtime", "model_weights", "ray_node", "vllm_serve")
+ROLES = ("llmserve", "python_runtime", "model_weights", "ray_node", "vllm_serve", "llama_cpp")
 ROLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "roles")
 
 
@@ -47,6 +48,8 @@ class ActionModule(ActionBase):
             try:
                 settings[name] = templar.template(variables[name])
             except AnsibleError as error:
+                if name in BIND_VARIABLES and isinstance(error, AnsibleUndefinedVariable):
+                    continue  # the node's cluster address, known once the probes ran
                 problems.append(f"{name} on {host} cannot be evaluated: {error.message}; fix its value or template.")
         return settings
 

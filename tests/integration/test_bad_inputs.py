@@ -50,15 +50,25 @@ TINY_MODEL = Path("/var/cache/llmserve-sandbox/models/tiny-llama")
 WORK_DIR = REPO_ROOT / ".build" / f"bad-inputs-slot{SANDBOX_SLOT}"
 MARKER = "/run/llmserve-bad-inputs-marker"
 # Everything deploy writes: the venvs (/opt), units and config (/etc), weights (/srv), state (/var/lib),
-# keys (/root). -xdev keeps the read-only shared mounts under /srv out.
+# keys (/root). -xdev keeps what is inside the read-only shared mounts under /srv out, and the prune their mount
+# points: they show the controller's caches, which other sandbox slots may fill meanwhile.
 FINGERPRINT = (
-    f"find /etc /opt /srv /var/lib /usr/local /root /home -xdev \\( -newer {MARKER} -o -cnewer {MARKER} \\) "
-    "-print 2>/dev/null | sort"
+    "find /etc /opt /srv /var/lib /usr/local /root /home -xdev "
+    "\\( -path /srv/wheelhouse -o -path /srv/shared-models \\) -prune -o "
+    f"\\( -newer {MARKER} -o -cnewer {MARKER} \\) -print 2>/dev/null | sort"
 )
 FAKE_PYTHON_312 = "/tmp/llmserve-python3.12"
 UBUNTU_2004 = (
     'PRETTY_NAME="Ubuntu 20.04.6 LTS"\nNAME="Ubuntu"\nVERSION_ID="20.04"\nVERSION="20.04.6 LTS (Focal Fossa)"\n'
     "VERSION_CODENAME=focal\nID=ubuntu\nID_LIKE=debian\nUBUNTU_CODENAME=focal\n"
+)
+
+
+# A safetensors index for the tiny model's single file, written beside a copy of it under /srv/llmserve-nfs.
+SHARED_COPY_INDEX = (
+    'cd /srv/llmserve-nfs/tiny-llama && printf \'{"metadata": {"total_size": %s}, "weight_map": '
+    '{"lm_head.weight": "model.safetensors"}}\' "$(stat -c %s model.safetensors)" > '
+    "model.safetensors.index.json"
 )
 
 
@@ -229,6 +239,103 @@ CASES = [
         ],
         host_vars={"node2": {"llmserve_vllm_version": "0.31.0"}},
     ),
+    # --- paths, extra args, secrets and versions (issue 14), still on the controller alone ---
+    Case(
+        "ray_token_directly_in_etc",
+        [
+            "the directory of llmserve_ray_auth_token_path on node1 is '/etc', a top-level directory",
+            "such as /etc/llmserve/ray",
+        ],
+        extra_vars={"llmserve_ray_auth_token_path": "/etc/ray-token"},
+    ),
+    Case(
+        "model_path_holds_the_venv",
+        [
+            "llmserve_venv on node1 (/opt/llmserve/venv) is inside llmserve_model_path (/opt/llmserve)",
+            "Give llmserve_model_path a directory of its own that holds no other llmserve path",
+        ],
+        extra_vars={"llmserve_model_path": "/opt/llmserve"},
+    ),
+    Case(
+        "extra_args_as_a_string",
+        ["vllm_serve_extra_args on node1 is '--dtype bfloat16 --enforce-eager', not a list"],
+        extra_vars={"vllm_serve_extra_args": "--dtype bfloat16 --enforce-eager"},
+    ),
+    Case(
+        "extra_args_set_a_planned_flag",
+        [
+            "vllm_serve_extra_args on node1 sets --tensor_parallel_size (that is --tensor-parallel-size)",
+            "set llmserve_tensor_parallel_size instead",
+            "vllm_serve_extra_args on node1 sets -pp (that is --pipeline-parallel-size)",
+            "vllm_serve_extra_args on node1 sets --port (that is --port)",
+        ],
+        extra_vars={"vllm_serve_extra_args": ["--tensor_parallel_size=2", "-pp", "1", "--port=9000"]},
+    ),
+    Case(
+        "trust_remote_code_underscored_unpinned",
+        ["vllm_serve_extra_args on node1 has --trust-remote-code but llmserve_model_revision 'main' is not a 40-hex"],
+        extra_vars={
+            "llmserve_model_source": "hub",
+            "llmserve_model_repo": "Qwen/Qwen-7B-Chat",
+            "llmserve_model_revision": "main",
+            "vllm_serve_extra_args": ["--trust_remote_code=True"],
+        },
+    ),
+    Case(
+        "api_key_with_a_space",
+        ["llmserve_api_key on node1 contains whitespace", "or leave it null to have the head generate one"],
+        extra_vars={"llmserve_api_key": "open sesame"},
+    ),
+    Case(
+        "hf_token_in_the_unit_environment",
+        [
+            "vllm_serve_environment.HF_TOKEN on node1 puts a secret into the units' environment",
+            "set model_weights_hf_token",
+        ],
+        extra_vars={"vllm_serve_environment": {"HF_TOKEN": "hf_not_a_real_token"}},
+    ),
+    Case(
+        "index_credentials_in_pip_args",
+        ["python_runtime_pip_extra_args on node1 has a package index URL with credentials in it", "/root/.netrc"],
+        extra_vars={"python_runtime_pip_extra_args": ["--index-url", "https://ci:hunter2@pypi.internal/simple"]},
+    ),
+    Case(
+        "sloppy_vllm_version",
+        ["llmserve_vllm_version on node1 is 'v0.32'; pin a vLLM release as its full number, e.g. 0.32.0"],
+        extra_vars={"llmserve_vllm_version": "v0.32"},
+    ),
+    Case(
+        "ray_worker_ports_cover_the_gcs_port",
+        [
+            "llmserve_ray_gcs_port",
+            "on node1 are inside Ray's worker port range ray_node_min_worker_port..ray_node_max_worker_port "
+            "(6000-7000)",
+        ],
+        extra_vars={"llmserve_backend": "ray", "ray_node_min_worker_port": 6000, "ray_node_max_worker_port": 7000},
+    ),
+    Case(
+        "ray_dashboard_on_every_interface_without_auth",
+        ["ray_node_dashboard_host on node1 is '0.0.0.0', every interface", "ray_node_auth_enabled is false"],
+        extra_vars={"llmserve_backend": "ray", "ray_node_dashboard_host": "0.0.0.0", "ray_node_auth_enabled": False},
+    ),
+    Case(
+        "shard_missing_from_the_index",
+        [
+            "is missing 1 of the shards its model.safetensors.index.json names (model-00002-of-00002.safetensors)",
+        ],
+        extra_vars={"llmserve_model_dir": "@missing-shard"},
+    ),
+    Case(
+        "ranks_that_do_not_divide_over_the_nodes",
+        [
+            "llmserve_tensor_parallel_size 1 x llmserve_pipeline_parallel_size 3 = 3 ranks cannot be spread evenly",
+        ],
+        extra_vars={
+            "llmserve_node_devices": {"gpus": 2, "gpu_memory_mib": 1024, "gpu_name": "cpu"},
+            "llmserve_tensor_parallel_size": 1,
+            "llmserve_pipeline_parallel_size": 3,
+        },
+    ),
     # --- caught after the read-only probes, by fabric_facts and the planner ---
     Case(
         "cluster_interface_missing_on_a_host",
@@ -278,6 +385,37 @@ CASES = [
         restore={"node2": f"rm -f {FAKE_PYTHON_312}"},
     ),
     Case(
+        "first_deploy_into_a_directory_with_other_files",
+        [
+            "llmserve_model_path (model_weights_path) /srv/models/team-share on node2 already holds 1 file(s) that are "
+            "not part of this model (notes.txt)",
+            "Set llmserve_model_path to an empty or new directory of its own",
+        ],
+        extra_vars={"llmserve_model_path": "/srv/models/team-share"},
+        setup={"node2": "mkdir -p /srv/models/team-share && echo keep > /srv/models/team-share/notes.txt"},
+        restore={"node2": "rm -rf /srv/models/team-share"},
+    ),
+    Case(
+        "shared_path_mounted_on_one_node_only",
+        [
+            "llmserve_model_path /srv/llmserve-nfs/tiny-llama is not on the same storage on every node",
+            "the shared storage is not mounted on it",
+        ],
+        extra_vars={"llmserve_model_source": "shared_path", "llmserve_model_path": "/srv/llmserve-nfs/tiny-llama"},
+        # node1 mounts the "shared storage"; node2 has a stale local copy under the bare mount point. Both copies get
+        # a safetensors index, which the planner needs to size a model it reads from shared storage.
+        setup={
+            "node1": "mkdir -p /srv/llmserve-nfs && mount -t tmpfs tmpfs /srv/llmserve-nfs && "
+            f"cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/ && {SHARED_COPY_INDEX}",
+            "node2": f"mkdir -p /srv/llmserve-nfs && cp -r /srv/shared-models/tiny-llama /srv/llmserve-nfs/ && "
+            f"{SHARED_COPY_INDEX}",
+        },
+        restore={
+            "node1": "umount /srv/llmserve-nfs; rm -rf /srv/llmserve-nfs",
+            "node2": "rm -rf /srv/llmserve-nfs",
+        },
+    ),
+    Case(
         "insufficient_disk_space",
         ["node1 has", "GB free at /srv/models/tiny-llama but needs 2199.0 GB", "choose another model_weights_path"],
         extra_vars={"llmserve_model_dir": "@sparse"},
@@ -316,8 +454,27 @@ def fresh_hosts(sandbox_cli, tmp_path_factory):
     (sparse / "original").mkdir()
     with open(sparse / "original" / "consolidated.00.pth", "wb") as handle:
         handle.truncate(2 * 1024**4)
+    # The tiny model split in two shards by its index, the second one never copied.
+    missing_shard = models / "missing-shard"
+    shutil.copytree(TINY_MODEL, missing_shard, ignore=shutil.ignore_patterns(".llmserve-*"))
+    (missing_shard / "model.safetensors").rename(missing_shard / "model-00001-of-00002.safetensors")
+    (missing_shard / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {"total_size": (missing_shard / "model-00001-of-00002.safetensors").stat().st_size},
+                "weight_map": {
+                    "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                    "lm_head.weight": "model-00002-of-00002.safetensors",
+                },
+            }
+        )
+    )
     hosts, key = sandbox_hosts()
-    return {"hosts": hosts, "key": key, "models": {"@no-config": str(no_config), "@sparse": str(sparse)}}
+    return {
+        "hosts": hosts,
+        "key": key,
+        "models": {"@no-config": str(no_config), "@sparse": str(sparse), "@missing-shard": str(missing_shard)},
+    }
 
 
 def case_inventory(case: Case) -> Path:
@@ -459,3 +616,50 @@ def test_the_fingerprint_catches_what_an_ansible_change_writes(fresh_hosts):
         assert "/etc/llmserve-fingerprint-check/probe" in changed_files[name], changed_files[name]
     cleanup = ansible_playbook(SCRATCH_CHANGE, "-e", "scratch_state=absent", timeout=600)
     assert cleanup.returncode == 0, cleanup.stdout[-3000:]
+
+
+def test_a_powered_off_host_being_decommissioned_is_skipped(fresh_hosts):
+    """node3 is still in the inventory and named in llmserve_decommission, but nothing answers at its address (it was
+    powered off first). deploy.yml sets it aside instead of failing on it: the probes and the role checks run on
+    node1 and node2 only, and the run stops at a real refusal further on (a missing wheelhouse), with no host
+    changed."""
+    inventory = yaml.safe_load(INVENTORY.read_text())
+    workers = inventory["llmserve_cluster"]["children"]["ray_workers"]["hosts"]
+    workers["node3"] = dict(workers["node2"], ansible_host=address(60))
+    path = WORK_DIR / "decommissioned_host_powered_off.yml"
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    vars_file = WORK_DIR / "decommissioned_host_powered_off.vars.json"
+    vars_file.write_text(
+        json.dumps(
+            {
+                "llmserve_decommission": "node3",
+                "llmserve_tensor_parallel_size": 2,
+                "python_runtime_wheelhouse": "/srv/no-wheelhouse",
+            }
+        )
+    )
+    touch_markers(fresh_hosts)
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(path), str(DEPLOY), "-e", f"@{vars_file}"],
+        cwd=REPO_ROOT,
+        env=ansible_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-4000:]
+    for probe in (
+        "Read the GPUs through NVML",
+        "Read the fabric and work out the node's NCCL/GLOO/VLLM_HOST_IP environment",
+    ):
+        lines = set(task_output(run.stdout, probe).splitlines())
+        assert {"ok: [node1]", "ok: [node2]"} <= lines, run.stdout[-6000:]
+        assert not any("node3" in line for line in lines), lines
+    # The refusal that ends the run is the wheelhouse one, on the serving hosts; node3 was never waited for again.
+    assert "python_runtime_wheelhouse=/srv/no-wheelhouse is not a directory on node1" in output, output[-6000:]
+    counts = recap(run.stdout)
+    assert counts["node3"]["unreachable"] == 0, counts
+    assert all(host_counts["changed"] == 0 for host_counts in counts.values()), counts
+    assert fingerprint(fresh_hosts) == {name: [] for name in fresh_hosts["hosts"]}

@@ -109,3 +109,24 @@ def test_extra_vars_templated_defaults_and_undefined_variables(tmp_path):
     assert "llmserve_served_model_name on node2 is 'My Model'" in flat
     assert "vllm_serve_port on node2 cannot be evaluated" in flat
     assert "The inventory has 3 problem(s); nothing was changed" in flat
+
+
+def test_every_role_default_path_passes_and_a_derived_path_is_checked(tmp_path):
+    """The roles' own default paths (llama_cpp's included) pass; a role path templated over an llmserve_ one is
+    checked as rendered, and the bind addresses that need the probes' facts are left to later."""
+    returncode, report, output = validate(tmp_path, {})
+    assert returncode == 0, output
+    assert not report.get("warnings"), report
+    returncode, _report, output = validate(tmp_path, {}, "-e", '{"llmserve_api_key_path": "/etc/api-key"}')
+    flat = " ".join(output.split())
+    assert returncode != 0
+    assert "llmserve_api_key_path on node1 is '/etc/api-key', in /etc, a top-level directory" in flat
+    assert "cannot be evaluated" not in flat
+
+
+def test_a_bind_address_set_in_the_inventory_is_checked(tmp_path):
+    returncode, report, output = validate(tmp_path, {"node1": {"vllm_serve_host": "0.0.0.0"}})
+    assert returncode == 0, output
+    assert any(
+        warning.startswith("vllm_serve_host on node1 is '0.0.0.0', every interface") for warning in report["warnings"]
+    )
