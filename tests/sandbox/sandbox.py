@@ -18,6 +18,7 @@ Usage (as root)::
     sandbox.py start node2           # boot again from the same disk; `reboot node2` = kill + start
     sandbox.py down [--keep-disks]   # remove everything; exits 1 if anything is left behind
     sandbox.py leftovers             # prints what a sandbox left behind; exits 1 if anything
+    sandbox.py rootfs                # only build the cached base tree (what `up` does first)
 
 ``up`` is idempotent and only adds: ``up --hosts 4`` on a 3-host sandbox starts node4 and leaves
 node1..node3 alone. Hosts that were killed are booted again. The inventory is written to
@@ -394,9 +395,22 @@ def rootfs_is_current() -> bool:
 
 
 def ensure_rootfs() -> None:
-    """Build the base tree once; an interrupted build never leaves a half cache behind."""
+    """Build the base tree once; an interrupted build never leaves a half cache behind.
+
+    Every slot shares the tree, and `make test` builds it in the background while other checks run: a
+    lock on the cache makes a second builder wait for the first and then find the tree current.
+    """
     if rootfs_is_current():
         return
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / f".{ROOTFS.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rootfs_is_current():
+            build_rootfs()
+
+
+def build_rootfs() -> None:
+    """debootstrap, then the changes every host shares; the caller holds the cache's lock."""
     if ROOTFS.exists() and any(HOSTS_DIR.glob("*/upper")):
         raise SandboxError(f"{ROOTFS} is from another recipe but host disks use it: run `down` first")
     ensure_debootstrap()
@@ -1098,6 +1112,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("status", help="table of hosts; leftovers when none is defined")
     commands.add_parser("leftovers", help="list what a sandbox left on this machine; exit 1 if anything")
     commands.add_parser("inventory", help="print the path of this slot's inventory file")
+    commands.add_parser("rootfs", help="build the hosts' base tree if it is missing or stale; boot nothing")
     for name, text in (
         ("kill", "power loss: SIGKILL the host's systemd, keep its disk"),
         ("start", "boot a powered-off host from its disk"),
@@ -1129,6 +1144,9 @@ def main(argv: list[str]) -> int:
             return command_leftovers()
         if arguments.command == "inventory":
             print(INVENTORY_FILE)
+            return 0
+        if arguments.command == "rootfs":
+            ensure_rootfs()
             return 0
         with sandbox_lock():
             if arguments.command == "up":
