@@ -20,7 +20,7 @@ ANTSIBULL_DOCS := $(BIN)/antsibull-docs collection --use-current --output-format
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv collection-link test lint ruff ansible-lint sanity unit integration build \
+.PHONY: venv collection-link test lint ruff ansible-lint sanity unit integration build sandbox-caches \
         sandbox-up sandbox-down sandbox-status demo docs docs-build docs-check
 
 venv: $(VENV)/.installed
@@ -35,7 +35,35 @@ collection-link:
 	mkdir -p $(COLLECTIONS_ROOT)/ansible_collections/llmserve
 	ln -sfn $(CURDIR) $(COLLECTIONS_ROOT)/ansible_collections/llmserve/cluster
 
-test: lint sanity unit integration
+# `make test` prints each phase's wall time as it ends, and all of them at the end (.build/phase-times).
+# After the linters, ansible-test sanity (its venvs wait on downloads) and the sandbox's caches (rootfs,
+# wheelhouse, tiny models: network and disk) run in the background beside the unit tests, each with
+# its output kept until it ends; integration starts once all three are done.
+PHASE_TIMES := $(CURDIR)/.build/phase-times
+TIMED := $(MAKE) --no-print-directory
+
+test: venv collection-link
+	@mkdir -p $(dir $(PHASE_TIMES)) && rm -f $(PHASE_TIMES)
+	@$(TIMED) timed-ruff timed-ansible-lint timed-docs-check
+	@$(TIMED) -j3 --output-sync=target timed-sanity timed-unit timed-sandbox-caches
+	@$(TIMED) timed-integration
+	@echo "make test: wall time per phase (sanity, unit and sandbox-caches ran side by side)"
+	@cat $(PHASE_TIMES)
+
+# timed-PHASE runs `make PHASE`, then prints and records its wall time; it fails when PHASE fails.
+timed-%:
+	@started=$$(date +%s); status=0; $(MAKE) --no-print-directory $* || status=$$?; \
+	  line=$$(printf '%-15s %5d s' '$*' $$(( $$(date +%s) - started ))); \
+	  if [ $$status -ne 0 ]; then line="$$line  FAILED (exit $$status)"; fi; \
+	  echo "make test: $$line"; echo "$$line" >> $(PHASE_TIMES); exit $$status
+
+# What the integration tests build on first use, built ahead: each step is a no-op when its cache is
+# current. A failed step fails nothing here ("ignored"): the fixtures build the same cache and report why.
+sandbox-caches: venv
+	-$(SANDBOX) rootfs
+	-$(BIN)/python tests/sandbox/wheelhouse.py
+	-$(BIN)/python tests/sandbox/make_tiny_model.py --ensure-venv
+	-$(BIN)/python tests/sandbox/make_tiny_gguf.py
 
 lint: ruff ansible-lint docs-check
 

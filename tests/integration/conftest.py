@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,17 +46,19 @@ def sandbox_cli() -> SandboxCLI:
 
 
 # Modules share the sandbox, so their order is part of the design: checks that must see untouched
-# hosts first, then the first deploy, then modules that reuse the serving cluster, the ones that
-# break it on purpose, and those that start over with other host counts. Unlisted modules run last.
+# hosts first, then the first deploy, then the modules that reuse that serving cluster (each one calls
+# helpers.ensure_native_cluster, which re-runs deploy only when something changed it), the ones that break
+# it on purpose or serve another shape, the scale-out to three hosts and the modules that need three, and
+# last the sandbox's own tests, which start over with `down`. Unlisted modules run last.
 MODULE_ORDER = (
     "test_bad_inputs",
     "test_deploy_native",
     "test_security",
     "test_status_restart",
-    "test_dp_replicas",
     "test_nccl_check",
     "test_benchmark",
     "test_fault_drills",
+    "test_dp_replicas",
     "test_scale",
     "test_model_weights",
     "test_ray_cluster",
@@ -63,11 +66,46 @@ MODULE_ORDER = (
     "test_llama_cpp",
     "test_sandbox",
 )
+# Tests that run elsewhere than with their module, each just before the named module. The teardown check
+# removes what every serving module needs, so it runs after the last of them, on the cluster they leave
+# serving, and before the modules that need no serving vLLM (Ray, batch, llama.cpp). The fixtures such a
+# test uses are session-scoped, so nothing is set up twice.
+MOVED_TESTS = {
+    "test_deploy_native.py::test_teardown_leaves_no_unit_process_or_port": "test_ray_cluster",
+}
+
+
+def module_name(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def position(item: pytest.Item) -> int:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        return MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER)
+    def position(item: pytest.Item) -> tuple[int, int]:
+        moved_to = MOVED_TESTS.get(f"{item.path.name}::{item.originalname}")
+        module = moved_to or module_name(item)
+        index = MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER)
+        return index, 0 if moved_to else 1
 
     items.sort(key=position)  # stable: tests keep their order within a module
+
+
+# Wall time per module (setup, calls and teardown of its tests, module fixtures included), printed at the
+# end of the run so that `make test` shows where the integration phase spends its time.
+MODULE_SECONDS: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    started = time.monotonic()
+    yield
+    module = module_name(item)
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + time.monotonic() - started
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not MODULE_SECONDS:
+        return
+    terminalreporter.section("integration time per module")
+    for module, seconds in MODULE_SECONDS.items():
+        terminalreporter.write_line(f"{seconds:8.1f} s  {module}")
+    terminalreporter.write_line(f"{sum(MODULE_SECONDS.values()):8.1f} s  total")

@@ -79,16 +79,48 @@ def prepare_sandbox_caches() -> None:
         subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "sandbox" / script[0]), *script[1:]], check=True)
 
 
+# What the last converge of ensure_native_cluster left: its host count and arguments, and each host's
+# fingerprint right after it (see cluster_fingerprint).
+LAST_CONVERGE: dict[str, object] = {}
+# Read on every host in one round trip: vLLM's unit invocation (a new ID at every start or restart, by
+# systemd, by a playbook or by a test), its state, the unit file and everything under /etc/llmserve (plan,
+# environment, key), and the weights under /srv/models with inode and mtime (a copy or repair changes them).
+FINGERPRINT_COMMAND = (
+    "systemctl show -p InvocationID -p ActiveState -p SubState vllm.service; "
+    "cat /etc/systemd/system/vllm.service 2>/dev/null | sha256sum; "
+    "find /etc/llmserve -type f -exec sha256sum {} + 2>/dev/null | sort; "
+    "find /srv/models -xdev -type f -printf '%p %i %T@ %s\\n' 2>/dev/null | sort | sha256sum"
+)
+
+
+def cluster_fingerprint(hosts: dict[str, str], key: str) -> dict[str, str]:
+    """What any change to a native deployment alters on its hosts; equal fingerprints mean nothing changed."""
+    return {name: ssh(hosts, key, name, FINGERPRINT_COMMAND, check=False, timeout=30).stdout for name in hosts}
+
+
 def ensure_native_cluster(run_sandbox, hosts: int = 2, *arguments: str):
     """A converged native deployment on HOSTS sandbox hosts, reusing whatever is already up.
 
     `up` only adds hosts and a converged cluster re-runs in seconds, so modules that need a serving
-    cluster share one instead of each paying for a first deploy. Fails the test when deploy fails.
+    cluster share one instead of each paying for a first deploy. When this session's last converge had
+    the same hosts and arguments, and since then no host's fingerprint changed (no vLLM start, no other
+    unit, plan, key or weights) and the endpoint answers, that converge still holds and deploy is not run
+    again. Fails the test when deploy fails. Returns deploy's run, or None when the converge still held.
     """
     run_sandbox("up", "--hosts", str(hosts), timeout=900)
+    inventory_hosts, key = sandbox_hosts()
+    wanted = {"hosts": sorted(inventory_hosts), "arguments": list(arguments)}
+    if (
+        LAST_CONVERGE.get("wanted") == wanted
+        and LAST_CONVERGE.get("fingerprint") == cluster_fingerprint(inventory_hosts, key)
+        and completion_answers(inventory_hosts, key, timeout=60)
+    ):
+        return None
+    LAST_CONVERGE.clear()
     prepare_sandbox_caches()
     run = ansible_playbook(REPO_ROOT / "playbooks" / "deploy.yml", *arguments, timeout=2400)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    LAST_CONVERGE.update(wanted=wanted, fingerprint=cluster_fingerprint(inventory_hosts, key))
     return run
 
 

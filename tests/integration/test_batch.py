@@ -3,9 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """playbooks/batch.yml on the sandbox: Ray Data + vllm.LLM (CPU, TP 1 per instance) across two hosts.
 
-The Ray units come from tests/integration/ray/converge.yml on top of the native deployment (which
-installs the runtime and places the model); vLLM on CPU refuses Ray as executor, so each instance is one
-CPU worker and the plan's 2 devices give two instances.
+The runtime and the Ray units come from tests/integration/ray/converge.yml and the model from the
+model_weights role (tests/integration/batch/prepare.yml); vLLM on CPU refuses Ray as executor, so each
+instance is one CPU worker and the plan's 2 devices give two instances.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import json
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, ensure_native_cluster, recap, sandbox_hosts, ssh
+from .helpers import REPO_ROOT, ansible_playbook, prepare_sandbox_caches, recap, sandbox_hosts, ssh
 
 BATCH = REPO_ROOT / "playbooks" / "batch.yml"
-RAY_CONVERGE = REPO_ROOT / "tests" / "integration" / "ray" / "converge.yml"
+# The Ray units of tests/integration/ray/converge.yml, and the model placed as deploy.yml places it.
+RAY_PREPARE = REPO_ROOT / "tests" / "integration" / "batch" / "prepare.yml"
 OUTPUT = "/srv/batch/answers.parquet"
 PYTHON = "/opt/llmserve/venv/bin/python"
 PROMPTS = [f"Prompt number {index}: tell me about the number {index * 7}." for index in range(24)]
@@ -38,17 +39,19 @@ pytestmark = pytest.mark.sandbox
 
 @pytest.fixture(scope="module")
 def ray_cluster(sandbox_cli):
-    ensure_native_cluster(sandbox_cli, hosts=2)
-    run = ansible_playbook(RAY_CONVERGE, timeout=1800)
+    # The runtime, Ray and the model, without deploying a vLLM endpoint only to stop it.
+    sandbox_cli("up", "--hosts", "2", timeout=900)
+    prepare_sandbox_caches()
+    run = ansible_playbook(RAY_PREPARE, timeout=1800)
     assert run.returncode == 0, run.stdout[-6000:]
     hosts, key = sandbox_hosts()
-    # Ray's memory monitor kills actors at 95% of the machine's memory, and the machine is shared: the
-    # serving ranks pause while the two batch engines run, and deploy.yml brings them back afterwards.
-    # Spare hosts (a third one left by earlier modules) have no vLLM unit.
+    # Ray's memory monitor kills actors at 95% of the machine's memory, and the machine is shared: serving
+    # ranks a native deployment left pause while the two batch engines run; the next module that needs them
+    # gets them back from ensure_native_cluster. Spare hosts (a third one left by earlier modules) have no
+    # vLLM unit.
     for name in hosts:
         ssh(hosts, key, name, "if systemctl cat vllm.service >/dev/null 2>&1; then systemctl stop vllm.service; fi")
-    yield hosts, key
-    ensure_native_cluster(sandbox_cli, hosts=2)
+    return hosts, key
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ TEARDOWN = REPO_ROOT / "playbooks" / "teardown.yml"
 pytestmark = pytest.mark.sandbox
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: the teardown test runs later in the suite (conftest.MOVED_TESTS) on the same deployment.
+@pytest.fixture(scope="session")
 def deployed(sandbox_cli):
     """Two fresh hosts with the tiny model deployed; the first converge is itself the first test."""
     sandbox_cli("down", timeout=300)

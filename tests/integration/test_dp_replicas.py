@@ -6,7 +6,7 @@
 With TP 1 and DP 2 over the sandbox's two one-device hosts, the plan has two serving groups, each an
 independent vLLM server with its API on its own host and the same API key. restart.yml restarts one
 group at a time while a poller asks both endpoints for a completion: one of them answers at every
-sample. The module ends by restoring the suite's standard cluster (TP 2, one group).
+sample. The next module that needs the suite's standard cluster (TP 2, one group) converges back to it.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def replicas(sandbox_cli):
     ensure_native_cluster(sandbox_cli, 2, *DATA_PARALLEL)
     hosts, key = sandbox_hosts()
     api_key = ssh(hosts, key, "node1", "cat /etc/llmserve/api-key").stdout.strip()
-    yield hosts, key, api_key
-    # Later modules expect the standard cluster: TP 2 over node1 and node2, one serving group.
-    ensure_native_cluster(sandbox_cli, 2)
+    # No restore afterwards: the modules that need the standard cluster (TP 2 over node1 and node2, one
+    # serving group) ask ensure_native_cluster for it, which sees these replicas and converges back.
+    return hosts, key, api_key
 
 
 def answers(address: str, api_key: str | None, timeout: float = REQUEST_TIMEOUT) -> int | None:

@@ -97,6 +97,9 @@ def test_the_ray_backend_starts_vllm_over_ray_with_the_planned_flags(ray_cluster
         "llmserve_backend=ray",
         "-e",
         "vllm_serve_ready_timeout=420",
+        # systemd gives up after StartLimitBurst failed starts; a short pause between them ends the wait sooner.
+        "-e",
+        "vllm_serve_restart_sec=1",
         timeout=2400,
     )
     try:

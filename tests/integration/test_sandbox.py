@@ -16,16 +16,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .helpers import INVENTORY, SANDBOX_SLOT
+
 pytestmark = pytest.mark.sandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INVENTORY = REPO_ROOT / "inventories" / "sandbox" / "hosts.yml"
-SSH_KEY = REPO_ROOT / "inventories" / "sandbox" / ".ssh" / "id_ed25519"
-STATE_FILE = Path("/run/llmserve-sandbox/state.json")
-HOSTS_DIR = Path("/var/lib/llmserve-sandbox/hosts")
+# This run's slot (LLMSERVE_SANDBOX_SLOT) and the names tests/sandbox/sandbox.py gives it, so that the
+# module checks its own sandbox only, with other slots up beside it.
+SUFFIX = "" if SANDBOX_SLOT == 0 else f"-slot{SANDBOX_SLOT}"
+LINK_PREFIX = "llms-" if SANDBOX_SLOT == 0 else f"llms{SANDBOX_SLOT}-"
+BRIDGE = f"llmsbr{SANDBOX_SLOT}"
+SSH_KEY = INVENTORY.parent / ".ssh" / "id_ed25519"
+RUN_DIR = Path(f"/run/llmserve-sandbox{SUFFIX}")
+STATE_FILE = RUN_DIR / "state.json"
+HOSTS_DIR = Path(f"/var/lib/llmserve-sandbox/hosts{SUFFIX}")
 ANSIBLE = REPO_ROOT / ".venv" / "bin" / "ansible"
 SandboxCLI = Callable[..., "subprocess.CompletedProcess[str]"]
-ADDRESSES = {"node1": "10.77.0.11", "node2": "10.77.0.12", "node3": "10.77.0.13"}
+ADDRESSES = {f"node{index}": f"10.77.{SANDBOX_SLOT}.{10 + index}" for index in (1, 2, 3)}
 
 
 def ssh(name: str, command: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -60,7 +67,8 @@ def init_pids() -> dict[str, int | None]:
 
 
 def sandbox_links() -> list[str]:
-    return sorted(path.name for path in Path("/sys/class/net").iterdir() if path.name.startswith("llms"))
+    names = (path.name for path in Path("/sys/class/net").iterdir())
+    return sorted(name for name in names if name.startswith(LINK_PREFIX) or name == BRIDGE)
 
 
 def status_rows(sandbox_cli: SandboxCLI) -> dict[str, list[str]]:
@@ -84,8 +92,8 @@ def test_up_boots_hosts_that_answer_over_ssh(sandbox: None) -> None:
 
 def test_inventory_has_one_head_and_the_workers(sandbox: None) -> None:
     children = yaml.safe_load(INVENTORY.read_text())["llmserve_cluster"]["children"]
-    assert children["ray_head"]["hosts"] == {"node1": {"ansible_host": "10.77.0.11"}}
-    assert children["ray_workers"]["hosts"] == {"node2": {"ansible_host": "10.77.0.12"}}
+    assert children["ray_head"]["hosts"] == {"node1": {"ansible_host": ADDRESSES["node1"]}}
+    assert children["ray_workers"]["hosts"] == {"node2": {"ansible_host": ADDRESSES["node2"]}}
     result = subprocess.run(
         [str(ANSIBLE), "-i", str(INVENTORY), "all", "-m", "ansible.builtin.ping"],
         capture_output=True,
@@ -102,8 +110,8 @@ def test_hosts_have_their_own_identity_and_address(sandbox: None) -> None:
     identities = {name: ssh(name, "cat /etc/machine-id; ip -4 -o addr show dev eth0").stdout for name in ADDRESSES}
     node1, node2 = identities["node1"].split("\n", 1), identities["node2"].split("\n", 1)
     assert node1[0] != node2[0]
-    assert "10.77.0.11/24" in node1[1]
-    assert "10.77.0.12/24" in node2[1]
+    assert f"{ADDRESSES['node1']}/24" in node1[1]
+    assert f"{ADDRESSES['node2']}/24" in node2[1]
     assert ssh("node1", "ping -c 1 -W 2 node2").returncode == 0
 
 
@@ -111,7 +119,7 @@ def test_up_again_changes_nothing(sandbox: None, sandbox_cli: SandboxCLI) -> Non
     pids, links, inventory = init_pids(), sandbox_links(), INVENTORY.read_text()
     sandbox_cli("up", "--hosts", "2")
     assert init_pids() == pids
-    assert sandbox_links() == links == ["llms-node1", "llms-node2", "llmsbr0"]
+    assert sandbox_links() == links == sorted([f"{LINK_PREFIX}node1", f"{LINK_PREFIX}node2", BRIDGE])
     assert INVENTORY.read_text() == inventory
 
 
@@ -124,7 +132,7 @@ def test_scale_out_adds_only_the_new_host(sandbox: None, sandbox_cli: SandboxCLI
     workers = yaml.safe_load(INVENTORY.read_text())["llmserve_cluster"]["children"]["ray_workers"]["hosts"]
     assert sorted(workers) == ["node2", "node3"]
     # Hosts that were already running learn the new host's name.
-    assert ssh("node1", "getent hosts node3").stdout.split() == ["10.77.0.13", "node3"]
+    assert ssh("node1", "getent hosts node3").stdout.split() == [ADDRESSES["node3"], "node3"]
     assert ssh("node3", "systemctl is-system-running").stdout.strip() == "running"
 
 
@@ -185,9 +193,10 @@ def test_down_leaves_nothing_behind(sandbox: None, sandbox_cli: SandboxCLI) -> N
     assert (leftovers.returncode, leftovers.stdout) == (0, "")
     assert not [pid for pid in pids if alive(pid)]
     assert sandbox_links() == []
-    assert not list(Path("/run/netns").glob("llms-*"))
+    assert not list(Path("/run/netns").glob(f"{LINK_PREFIX}*"))
     mount_points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    assert not [point for point in mount_points if "llmserve-sandbox" in point or "/run/netns/llms-" in point]
+    own = (f"{HOSTS_DIR}/", f"{RUN_DIR}/", f"/run/netns/{LINK_PREFIX}")
+    assert not [point for point in mount_points if point.startswith(own) or point in (str(HOSTS_DIR), str(RUN_DIR))]
     assert not HOSTS_DIR.exists()
     assert not STATE_FILE.exists()
     assert not INVENTORY.exists()

@@ -18,6 +18,7 @@ Usage (as root)::
     sandbox.py start node2           # boot again from the same disk; `reboot node2` = kill + start
     sandbox.py down [--keep-disks]   # remove everything; exits 1 if anything is left behind
     sandbox.py leftovers             # prints what a sandbox left behind; exits 1 if anything
+    sandbox.py rootfs                # only build the cached base tree (what `up` does first)
 
 ``up`` is idempotent and only adds: ``up --hosts 4`` on a 3-host sandbox starts node4 and leaves
 node1..node3 alone. Hosts that were killed are booted again. The inventory is written to
@@ -31,6 +32,8 @@ inventory`` prints it), its own disks and state. Every command acts on its slot 
 Inside every host, ``/srv/wheelhouse`` and ``/srv/shared-models`` are read-only views of
 ``/var/cache/llmserve-sandbox/{wheelhouse,models}``, the shared storage real clusters have. Fill
 those directories in place: a directory renamed over them is only seen by hosts booted after it.
+``/tmp/torchinductor_llmserve`` is a writable view of ``/var/cache/llmserve-sandbox/torchinductor/<rootfs>``:
+the kernels torch compiles for vLLM, kept across boots and shared by every host and run.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -69,6 +73,13 @@ CACHE_DIR = Path("/var/cache/llmserve-sandbox")
 ROOTFS = CACHE_DIR / "rootfs-bookworm"
 WHEELHOUSE = CACHE_DIR / "wheelhouse"
 MODELS = CACHE_DIR / "models"
+# torch compiles some of vLLM's CPU kernels (C++, with g++) at every start into its cache, by default
+# /tmp/torchinductor_<user> (the service user of every role is llmserve), which a host's /tmp loses at
+# every boot. Every host mounts one writable cache here instead, kept across boots and runs as a real
+# host's disk would keep it: entries are keyed by the kernel's source, torch and the compiler flags, and
+# torch locks an entry while it compiles it, so hosts share it safely.
+KERNEL_CACHE = CACHE_DIR / "torchinductor"
+KERNEL_CACHE_TARGET = "/tmp/torchinductor_llmserve"
 HOSTS_DIR = Path("/var/lib/llmserve-sandbox/hosts" + SLOT_SUFFIX)
 RUN_DIR = Path("/run/llmserve-sandbox" + SLOT_SUFFIX)
 STATE_FILE = RUN_DIR / "state.json"
@@ -107,8 +118,8 @@ KILL_TIMEOUT_S = 30.0
 # Runs as PID 1 of the host's fresh namespaces, then becomes systemd. Arguments: see launch_host().
 BOOT_SCRIPT = r"""
 set -eu
-rootfs=$1 upper=$2 work=$3 root=$4 seed=$5 console=$6 name=$7
-shift 7
+rootfs=$1 upper=$2 work=$3 root=$4 seed=$5 console=$6 name=$7 kernels=$8 kernels_target=$9
+shift 9
 # This mount namespace copied the machine's netns handles; dropping them lets a deleted
 # sandbox namespace go away while this host runs.
 if mountpoint -q /run/netns; then umount -R -l /run/netns; fi
@@ -135,6 +146,8 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
 mount --bind "$console" "$root/dev/console"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$root/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+mkdir -p "$root$kernels_target"
+mount --bind "$kernels" "$root$kernels_target"
 while [ "$#" -ge 2 ]; do
     mkdir -p "$root$2"
     mount --bind "$1" "$root$2"
@@ -394,9 +407,22 @@ def rootfs_is_current() -> bool:
 
 
 def ensure_rootfs() -> None:
-    """Build the base tree once; an interrupted build never leaves a half cache behind."""
+    """Build the base tree once; an interrupted build never leaves a half cache behind.
+
+    Every slot shares the tree, and `make test` builds it in the background while other checks run: a
+    lock on the cache makes a second builder wait for the first and then find the tree current.
+    """
     if rootfs_is_current():
         return
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / f".{ROOTFS.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rootfs_is_current():
+            build_rootfs()
+
+
+def build_rootfs() -> None:
+    """debootstrap, then the changes every host shares; the caller holds the cache's lock."""
     if ROOTFS.exists() and any(HOSTS_DIR.glob("*/upper")):
         raise SandboxError(f"{ROOTFS} is from another recipe but host disks use it: run `down` first")
     ensure_debootstrap()
@@ -702,6 +728,19 @@ def shared_mounts() -> list[str]:
     return pairs
 
 
+def kernel_cache() -> Path:
+    """The compiled-kernel cache for hosts of this rootfs, writable by every host user.
+
+    Files belong to the uid the service user got on the host that compiled them; that uid follows from
+    the rootfs's own accounts, so each rootfs (its /etc/passwd) gets a cache of its own.
+    """
+    accounts = hashlib.sha256((ROOTFS / "etc/passwd").read_bytes()).hexdigest()[:12]
+    cache = KERNEL_CACHE / accounts
+    cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o1777)
+    return cache
+
+
 def launch_host(host: Host) -> HostProcess:
     """Boot the host; its systemd keeps running after this command exits."""
     cgroups = host_cgroups(host)
@@ -719,7 +758,7 @@ def launch_host(host: Host) -> HostProcess:
         "--propagation", "private", "--",
         "/bin/sh", "-c", BOOT_SCRIPT, "boot",
         str(ROOTFS), str(host.upper), str(host.work), str(host.root), str(host.seed), str(host.console_log),
-        host.name, *shared_mounts(),
+        host.name, str(kernel_cache()), KERNEL_CACHE_TARGET, *shared_mounts(),
     ]  # fmt: skip
     environment = {"container": "llmserve-sandbox", "PATH": CONTROLLER_PATH, "LANG": "C.UTF-8"}
     with host.boot_log.open("ab") as boot_log:
@@ -1098,6 +1137,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("status", help="table of hosts; leftovers when none is defined")
     commands.add_parser("leftovers", help="list what a sandbox left on this machine; exit 1 if anything")
     commands.add_parser("inventory", help="print the path of this slot's inventory file")
+    commands.add_parser("rootfs", help="build the hosts' base tree if it is missing or stale; boot nothing")
     for name, text in (
         ("kill", "power loss: SIGKILL the host's systemd, keep its disk"),
         ("start", "boot a powered-off host from its disk"),
@@ -1129,6 +1169,9 @@ def main(argv: list[str]) -> int:
             return command_leftovers()
         if arguments.command == "inventory":
             print(INVENTORY_FILE)
+            return 0
+        if arguments.command == "rootfs":
+            ensure_rootfs()
             return 0
         with sandbox_lock():
             if arguments.command == "up":
