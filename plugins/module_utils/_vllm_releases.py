@@ -44,13 +44,17 @@ NCCL_BEFORE_SNAPSHOT_SINCE = (0, 11)
 # 0.27.1 does not have the rule).
 LARGE_GPU_BATCH_SINCE = (0, 28)
 
-# profile_cudagraph_memory (0.18+) captures the first two graphs of each mode and extrapolates the second one's
-# cost to the rest (vllm#45178): estimate = first capture + per graph x (graphs - 1). Public logs of the default
-# capture list (51 piecewise + 35 full graphs) put the total at 0.64-2.35 GiB and smaller lists at 18-28 MiB a
-# graph (tests/unit/fixtures/planner/vllm_kv_observations.yaml, cuda_graph_estimates); the planner takes 16 MiB a
-# graph and carries the spread, about 12 MiB a graph either way, in its error bound.
-CUDA_GRAPH_ESTIMATE_BYTES_PER_GRAPH = 16 * MIB
-CUDA_GRAPH_ESTIMATE_SPREAD_PER_GRAPH = 12 * MIB
+# What vLLM 0.20+ takes off the KV cache for CUDA graphs is an estimate made by capturing graphs before the KV
+# cache exists. The V1 model runner (0.18+; mixture-of-experts models keep it after 0.25) captures the first two
+# graphs of each mode and extrapolates the second one's cost to the rest (vllm#45178); public logs put that at
+# 0.09-2.35 GiB (tests/unit/fixtures/planner/vllm_kv_observations.yaml, cuda_graph_estimates). Model Runner V2
+# (dense models from 0.25) captures the piecewise graphs in full, so its estimate is the graphs' real size.
+# The planner's estimate is the graph memory it has always budgeted (base plus per layer, _vllm_memory.py), scaled
+# by the share of the default graph list that is captured; the spread is what the error bound carries.
+DEFAULT_GRAPH_COUNT = 86  # 51 piecewise + 35 full graphs: max_num_seqs 256, 2048 batched tokens
+EXTRAPOLATED_SPREAD_PER_GRAPH = 24 * MIB
+EXTRAPOLATED_SPREAD_BASE = int(0.25 * GIB)
+MODEL_RUNNER_V2_SINCE = (0, 25)
 # The capture list: 1, 2, 4, then every 8 below 256 and every 16 from 256, up to twice max_num_seqs, at most 512
 # (1024 on data-center Blackwell), never above max_num_batched_tokens (VllmConfig._set_cudagraph_sizes).
 MAX_CAPTURE_SIZE = 512
@@ -157,11 +161,14 @@ def cuda_graph_count(max_num_seqs: int, max_num_batched_tokens: int, blackwell: 
     return len(sizes) + len([size for size in sizes if size <= max_num_seqs])
 
 
-def cuda_graph_estimate_bytes(max_num_seqs: int, max_num_batched_tokens: int, blackwell: bool = False) -> int:
-    """What vLLM 0.20+ takes off the KV cache for CUDA graphs (its estimate, not the graphs' final size)."""
-    return cuda_graph_count(max_num_seqs, max_num_batched_tokens, blackwell) * CUDA_GRAPH_ESTIMATE_BYTES_PER_GRAPH
+def extrapolates_cuda_graphs(version: Optional[str], moe: bool) -> bool:
+    """Whether the release's graph estimate is the V1 runner's extrapolation (else Model Runner V2's capture)."""
+    release = parse_release(version)
+    return release is None or release < MODEL_RUNNER_V2_SINCE or moe
 
 
-def cuda_graph_estimate_spread(max_num_seqs: int, max_num_batched_tokens: int, blackwell: bool = False) -> int:
-    """How far vLLM's own estimate may fall from the planner's, either way."""
-    return cuda_graph_count(max_num_seqs, max_num_batched_tokens, blackwell) * CUDA_GRAPH_ESTIMATE_SPREAD_PER_GRAPH
+def cuda_graph_estimate_spread(graphs: int, estimate: int, extrapolated: bool) -> int:
+    """How far vLLM's own graph estimate may fall from the planner's ``estimate``, either way."""
+    if extrapolated:
+        return EXTRAPOLATED_SPREAD_BASE + graphs * EXTRAPOLATED_SPREAD_PER_GRAPH
+    return estimate

@@ -11,11 +11,9 @@ import pytest
 import yaml
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_releases import (
-    GIB,
     cuda_graph_capture_sizes,
     cuda_graph_count,
-    cuda_graph_estimate_bytes,
-    cuda_graph_estimate_spread,
+    extrapolates_cuda_graphs,
     parse_release,
     release_terms,
     unmodelled_release_reason,
@@ -77,10 +75,7 @@ def test_capture_list_matches_what_vllm_logs_for_the_default_batch():
     assert cuda_graph_capture_sizes(256, 8) == [1, 2, 4, 8]
 
 
-@pytest.mark.parametrize("entry", DOCUMENT["cuda_graph_estimates"], ids=lambda entry: entry["what"][:40])
-def test_graph_estimate_spread_covers_every_logged_estimate(entry):
-    graphs = entry["piecewise_graphs"] + entry["full_graphs"]
-    per_graph = cuda_graph_estimate_bytes(256, 2048) / cuda_graph_count(256, 2048)
-    spread = cuda_graph_estimate_spread(256, 2048) / cuda_graph_count(256, 2048)
-    logged = entry["estimated_gib"] * GIB
-    assert graphs * (per_graph - spread) <= logged <= graphs * (per_graph + spread), entry["what"]
+def test_model_runner_v2_measures_its_graphs_from_0_25_for_dense_models_only():
+    assert extrapolates_cuda_graphs("0.24.0", moe=False)
+    assert not extrapolates_cuda_graphs("0.25.0", moe=False)
+    assert extrapolates_cuda_graphs("0.27.1", moe=True)
