@@ -404,6 +404,49 @@ def layer_weight_bytes(spec: ModelSpec) -> List[int]:
     return shares
 
 
+# --quantization methods that vLLM applies to an unquantized checkpoint while loading it, with the bytes each
+# linear-layer weight keeps (scales are per tensor or per channel, a rounding error next to the weights).
+RUNTIME_QUANTIZATION_BYTES = {"fp8": 1}
+
+
+def with_runtime_quantization(spec: ModelSpec, method: Optional[str]) -> ModelSpec:
+    """The model as vLLM holds it after ``--quantization method`` (None or the checkpoint's own: unchanged).
+
+    Online FP8 turns every linear layer's weight (attention, MLP, experts) into one byte per parameter; the
+    embeddings, the output head and the norms stay in the checkpoint's dtype. Raises ModelSpecError when the
+    method cannot apply to this checkpoint, as vLLM does at start-up.
+    """
+    if not method:
+        return spec
+    method = method.lower()
+    if spec.quantization is not None:
+        if spec.quantization.method == method or spec.quantization.method.startswith(method):
+            return spec
+        raise ModelSpecError(
+            f"{spec.name} is already quantized with {spec.quantization.method}; vLLM refuses --quantization {method} "
+            "for it (the method in the model's config must match). Drop --quantization from vllm_serve_extra_args.",
+            "vllm_serve_extra_args",
+        )
+    if method not in RUNTIME_QUANTIZATION_BYTES:
+        raise ModelSpecError(
+            "--quantization {} on an unquantized checkpoint is not sized by the planner; it sizes {} at load "
+            "time. Use a checkpoint quantized with {} instead, or drop the flag from vllm_serve_extra_args.".format(
+                method, ", ".join(RUNTIME_QUANTIZATION_BYTES), method
+            ),
+            "vllm_serve_extra_args",
+        )
+    linear = sum(layer_parameters(spec, index) for index in range(spec.num_layers))
+    heads = spec.embedding_bytes * (1 if spec.tie_word_embeddings else 2)
+    norms = (2 * spec.num_layers + 1) * spec.hidden_size * spec.dtype_bytes
+    loaded = linear * RUNTIME_QUANTIZATION_BYTES[method] + heads + norms
+    return replace(
+        spec,
+        weights_bytes=loaded + spec.mtp_bytes + spec.tied_head_bytes,
+        weights_source=f"{spec.weights_source}, quantized to {method} at load time",
+        quantization=QuantizationSpec(method=method, bits=8 * RUNTIME_QUANTIZATION_BYTES[method]),
+    )
+
+
 def _with_mtp_bytes(spec: ModelSpec, mtp_weight_names: Tuple[str, ...]) -> ModelSpec:
     """Estimate the bytes of the MTP layers that sit in the checkpoint after the last decoder layer."""
     # DeepSeek-V3-style MTP layers carry their own copies of the embedding and the output head.

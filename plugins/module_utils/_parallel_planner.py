@@ -14,9 +14,11 @@ module chooses among the layouts and builds the plan the parallel_plan module re
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._expert_parallel import expert_parallel_problem
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import (
     GIB,
     FetchFile,
@@ -26,6 +28,7 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec impor
     load_model_spec_from_hub,
 )
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import (
+    DEFAULT_BLOCK_SIZE,
     ClusterNode,
     PlanError,
     PlanOptions,
@@ -33,6 +36,7 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs impo
     parse_vllm_version,
     positive_int,
 )
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_resolution import resolve_run
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_table import gib, render_plan
 from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_command import vllm_args, vllm_env
 from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_layouts import (
@@ -89,6 +93,8 @@ class Plan:
     env: Dict[str, str]
     # Independent vLLM servers, each with its own API server (see serving_groups).
     serving_groups: List[Dict[str, Any]] = field(default_factory=list)
+    # How much KV cache is left over one max_model_len request, against the planner's error bound (kv_margin).
+    margin: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     table: str = ""
 
@@ -109,6 +115,12 @@ def validate_options(spec: ModelSpec, options: PlanOptions) -> None:
             "kv_cache_dtype",
         )
     parse_vllm_version(options.vllm_version)
+    if options.enable_expert_parallel:
+        problem = expert_parallel_problem(spec, options.tensor_parallel_size or 1, options.data_parallel_size or 1)
+        if problem:
+            raise PlanError(f"enable_expert_parallel: {problem}.", "enable_expert_parallel")
+    if options.cpu_offload_gb < 0:
+        raise PlanError(f"cpu_offload_gb must be 0 or more, got {options.cpu_offload_gb}.", "cpu_offload_gb")
     if options.kv_cache_dtype == "fp8_ds_mla" and spec.mla is None:
         raise PlanError("kv_cache_dtype fp8_ds_mla only applies to MLA models (DeepSeek V2/V3).", "kv_cache_dtype")
     for name in (
@@ -208,6 +220,9 @@ def plan(spec: ModelSpec, cluster: Sequence[ClusterNode], options: PlanOptions) 
     nodes = list(cluster)
     if not nodes:
         raise PlanError("cluster is empty.", "cluster")
+    # The release, the extra arguments and the release's defaults decide what vLLM runs with.
+    run = resolve_run(spec, options)
+    spec, options = run.spec, run.options
     validate_options(spec, options)
     max_model_len = options.max_model_len or spec.max_model_len
     explicit = any(
@@ -248,9 +263,84 @@ def plan(spec: ModelSpec, cluster: Sequence[ClusterNode], options: PlanOptions) 
         # When the weights fit and only one max_model_len request does not, max_model_len is the option to change.
         field = "max_model_len" if any(evaluation.kv_cache_tokens > 0 for evaluation in tried) else "cluster"
         raise NoFitError(message, suggestions, field)
+    _refuse_multi_node_expert_parallel(spec, chosen, options)
     result = _build_plan(spec, chosen, options, max_model_len)
     result.table = render_plan(result.to_dict())
     return result
+
+
+def _refuse_multi_node_expert_parallel(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions) -> None:
+    """Expert parallel across nodes needs one data-parallel group over all of them, which vllm_serve does not start."""
+    layout = evaluation.layout
+    if not options.enable_expert_parallel or layout.data_parallel_size == 1:
+        return
+    names = list(dict.fromkeys(node.name for replica in layout.rank_nodes for node in replica))
+    if len(names) == 1:
+        return
+    tp, dp = layout.tensor_parallel_size, layout.data_parallel_size
+    stage = min(evaluation.stages, key=lambda item: item.kv_cache_tokens)
+    raise PlanError(
+        f"{spec.name} with --enable-expert-parallel over {len(names)} nodes: vLLM runs it as one data-parallel group "
+        f"(--data-parallel-size {dp}, --data-parallel-size-local {dp // len(names) or 1} per node, EP = TP {tp} x "
+        f"DP {dp} = {tp * dp}) with {gib(stage.weights_bytes)} of weights and {evaluation.kv_cache_tokens:,} KV "
+        f"tokens per replica ({dp * evaluation.kv_cache_tokens:,} in all). The vllm_serve role starts data-parallel "
+        "replicas on one node only (multi-node data parallel needs --headless ranks with --data-parallel-start-rank), "
+        "so this plan cannot be deployed by this collection: use data_parallel_size that fits on one node, or "
+        "tensor and pipeline parallel across nodes without expert parallel.",
+        "data_parallel_size",
+    )
+
+
+def kv_margin(evaluation: Evaluation, options: PlanOptions, max_model_len: int) -> Dict[str, Any]:
+    """The KV cache left over one request of max_model_len on the tightest GPU, and the planner's error bound."""
+    tightest = min(evaluation.stages, key=lambda stage: stage.kv_cache_tokens)
+    per_token = max(tightest.kv_bytes_per_token, 1)
+    needed = max_model_len * per_token
+    margin_bytes = tightest.kv_cache_bytes - needed
+    bound = tightest.error_bound_bytes
+    not_modelled = ["kv_transfer_config"] if options.kv_transfer_config else []
+    return {
+        "kv_cache_bytes_needed": needed,
+        "margin_bytes": margin_bytes,
+        "margin_tokens": evaluation.kv_cache_tokens - max_model_len,
+        "error_bound_bytes": bound,
+        "error_bound_tokens": bound // per_token,
+        "uncertain": margin_bytes < bound or bool(not_modelled),
+        "not_modelled": not_modelled,
+    }
+
+
+def _margin_warnings(evaluation: Evaluation, options: PlanOptions, max_model_len: int, margin: Mapping[str, Any]):
+    """Say so when the verdict "fits" is inside the planner's own error, and what makes it safe."""
+    warnings = []
+    tightest = min(evaluation.stages, key=lambda stage: stage.kv_cache_tokens)
+    if tightest.gpu_name.lower() != "cpu" and margin["margin_bytes"] < margin["error_bound_bytes"]:
+        per_token = max(tightest.kv_bytes_per_token, 1)
+        bound = margin["error_bound_bytes"]
+        safe_len = (tightest.kv_cache_bytes - bound) // per_token // options.block_size * options.block_size
+        missing = bound - margin["margin_bytes"]
+        safe_util = math.ceil((options.gpu_memory_utilization + missing / tightest.cuda_total_bytes) * 100) / 100
+        remedies = []
+        if safe_len >= options.block_size:
+            remedies.append(f"max_model_len {safe_len:,} or lower")
+        if safe_util <= 0.98:
+            remedies.append(f"gpu_memory_utilization {safe_util:.2f}")
+        if KV_CACHE_DTYPE_BYTES[options.kv_cache_dtype] != 1:
+            remedies.append("kv_cache_dtype fp8")
+        warnings.append(
+            f"max_model_len {max_model_len:,} fits with {gib(margin['margin_bytes'])} ({margin['margin_tokens']:,} "
+            f"tokens) of KV cache to spare on {tightest.gpu_name}, less than the planner's error bound of "
+            f"{gib(bound)} (about {margin['error_bound_tokens']:,} tokens): vLLM may refuse to start. Safe: "
+            + (", or ".join(remedies) if remedies else "a larger GPU or more GPUs")
+            + "."
+        )
+    if options.kv_transfer_config:
+        connector = options.kv_transfer_config.get("kv_connector", "a KV connector")
+        warnings.append(
+            f"kv_transfer_config uses {connector}, which can allocate GPU buffers of its own that the planner does "
+            "not model; expect less KV cache than planned and check vLLM's 'Available KV cache memory' line."
+        )
+    return warnings
 
 
 def _tensor_parallel_span(layout: Layout) -> List[str]:
@@ -416,6 +506,8 @@ def _build_plan(spec: ModelSpec, evaluation: Evaluation, options: PlanOptions, m
         serving_groups=serving_groups(spec, layout),
         warnings=_warnings(spec, evaluation, options),
     )
+    result.margin = kv_margin(evaluation, options, max_model_len)
+    result.warnings += _margin_warnings(evaluation, options, max_model_len, result.margin)
     note = _sampler_version_note(spec, evaluation, options, tokens, seqs)
     if note:
         result.warnings.append(note)
@@ -472,10 +564,9 @@ def cluster_from_gpu_facts(
 
 def options_from_params(params: Mapping[str, Any]) -> PlanOptions:
     """PlanOptions from the module's parameters (None where the user left vLLM's default)."""
-    utilization = params.get("gpu_memory_utilization")
     return PlanOptions(
         max_model_len=params.get("max_model_len"),
-        gpu_memory_utilization=0.9 if utilization is None else utilization,
+        gpu_memory_utilization=params.get("gpu_memory_utilization"),
         kv_cache_dtype=params.get("kv_cache_dtype") or "auto",
         max_num_batched_tokens=params.get("max_num_batched_tokens"),
         max_num_seqs=params.get("max_num_seqs"),
@@ -484,6 +575,14 @@ def options_from_params(params: Mapping[str, Any]) -> PlanOptions:
         data_parallel_size=params.get("data_parallel_size"),
         vllm_version=params.get("vllm_version"),
         flashinfer_sampler=params.get("flashinfer_sampler"),
+        quantization=params.get("quantization"),
+        enforce_eager=bool(params.get("enforce_eager")),
+        cpu_offload_gb=float(params.get("cpu_offload_gb") or 0),
+        enable_prefix_caching=params.get("enable_prefix_caching"),
+        kv_transfer_config=params.get("kv_transfer_config"),
+        block_size=params.get("block_size") or DEFAULT_BLOCK_SIZE,
+        enable_expert_parallel=bool(params.get("enable_expert_parallel")),
+        extra_args=tuple(str(arg) for arg in params.get("vllm_serve_extra_args") or ()),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 MIB = 1024**2
 
@@ -130,7 +130,8 @@ class PlanOptions:
     """The vLLM settings that shape the plan; None means "what vLLM picks" or "choose for me"."""
 
     max_model_len: Optional[int] = None
-    gpu_memory_utilization: float = 0.9
+    # None means the release's default (0.9 up to vLLM 0.19, 0.92 from 0.20).
+    gpu_memory_utilization: Optional[float] = None
     kv_cache_dtype: str = "auto"
     max_num_batched_tokens: Optional[int] = None
     max_num_seqs: Optional[int] = None
@@ -143,6 +144,15 @@ class PlanOptions:
     # Whether vLLM logs "Using FlashInfer for top-p & top-k sampling": up to 0.10 it did whenever FlashInfer was
     # installed (the Docker images). Only releases before 0.16 depend on it; None means "not installed".
     flashinfer_sampler: Optional[bool] = None
+    # vLLM flags that move memory (_engine_flags.FLAGS); each may also come from extra_args.
+    quantization: Optional[str] = None
+    enforce_eager: bool = False
+    cpu_offload_gb: float = 0.0
+    enable_prefix_caching: Optional[bool] = None
+    kv_transfer_config: Optional[Dict[str, Any]] = None
+    enable_expert_parallel: bool = False
+    # vllm_serve_extra_args as the role passes them to vllm serve; the planner reads the flags above from them.
+    extra_args: Tuple[str, ...] = ()
 
 
 def positive_int(value: Any, where: str, field_name: str) -> int:

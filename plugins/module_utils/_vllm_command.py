@@ -10,10 +10,11 @@ worker's KV cache as the plan does.
 
 from __future__ import annotations
 
+import json
 from typing import Dict, List, Sequence
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import GIB, ModelSpec
-from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import PlanOptions
+from ansible_collections.llmserve.cluster.plugins.module_utils._plan_inputs import DEFAULT_BLOCK_SIZE, PlanOptions
 from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_layouts import Layout
 
 
@@ -35,6 +36,21 @@ def vllm_args(spec: ModelSpec, layout: Layout, options: PlanOptions, max_model_l
         args += ["--max-num-batched-tokens", str(options.max_num_batched_tokens)]
     if options.max_num_seqs is not None:
         args += ["--max-num-seqs", str(options.max_num_seqs)]
+    # The memory flags the plan was sized with (an extra argument repeated here has the same value: last one wins).
+    if options.block_size != DEFAULT_BLOCK_SIZE:
+        args += ["--block-size", str(options.block_size)]
+    if options.quantization:
+        args += ["--quantization", options.quantization]
+    if options.enforce_eager:
+        args.append("--enforce-eager")
+    if options.cpu_offload_gb:
+        args += ["--cpu-offload-gb", f"{options.cpu_offload_gb:g}"]
+    if options.enable_prefix_caching is not None:
+        args.append("--enable-prefix-caching" if options.enable_prefix_caching else "--no-enable-prefix-caching")
+    if options.kv_transfer_config:
+        args += ["--kv-transfer-config", json.dumps(options.kv_transfer_config, sort_keys=True)]
+    if options.enable_expert_parallel:
+        args.append("--enable-expert-parallel")
     if spec.dtype == "bfloat16" and any(
         node.kind is not None and not node.kind.bfloat16 for node, _count in layout.nodes_used()
     ):

