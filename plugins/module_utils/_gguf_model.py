@@ -146,6 +146,28 @@ def split_files(path: str) -> List[str]:
     ]
 
 
+def entry_file(paths: Sequence[str]) -> str:
+    """The file llama.cpp loads from these GGUF files: the first split of a split model, else the only file.
+
+    A split model wins over one unsplit file beside it. ``""`` when there is no GGUF file or more than one model
+    to choose from (two unsplit files, or the first splits of two models): the caller names the setting that
+    picks one.
+    """
+    names = sorted(str(path) for path in paths if str(path).endswith(".gguf"))
+    first_splits = [path for path in names if _split_number(path) == 1]
+    unsplit = [path for path in names if _split_number(path) is None]
+    if len(first_splits) == 1 and len(unsplit) <= 1:
+        return first_splits[0]
+    if not first_splits and len(unsplit) == 1:
+        return unsplit[0]
+    return ""
+
+
+def _split_number(path: str) -> Optional[int]:
+    match = SPLIT_NAME.match(os.path.basename(path))
+    return int(match.group("number")) if match else None
+
+
 def model_file_list(paths: Sequence[str]) -> List[str]:
     """The files to read: every split of each named file, once, in split order."""
     if not paths:

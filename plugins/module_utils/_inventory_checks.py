@@ -57,7 +57,9 @@ RAY_PORT_DEFAULTS = {
     "ray_node_dashboard_port": 8265,
 }
 RAY_WORKER_PORT_DEFAULTS = {"ray_node_min_worker_port": 10002, "ray_node_max_worker_port": 10999}
-SERVICE_PORT_DEFAULTS = {"vllm_serve_port": 8000, "vllm_serve_master_port": 29555}
+# The API and rendezvous ports; their values come rendered from the role defaults (the action plugin loads
+# them), so the numbers live in the roles only.
+SERVICE_PORT_VARIABLES = ("vllm_serve_port", "vllm_serve_master_port")
 PARALLEL_SIZE_VARIABLES = (
     "llmserve_tensor_parallel_size",
     "llmserve_pipeline_parallel_size",
@@ -229,7 +231,7 @@ CHECKED_VARIABLES = tuple(
             *PARALLEL_SIZE_VARIABLES,
             *POSITIVE_COUNT_VARIABLES,
             *RAY_PORT_VARIABLES,
-            *SERVICE_PORT_DEFAULTS,
+            *SERVICE_PORT_VARIABLES,
             *(name for names in OWNED_DIRECTORIES.values() for name in names),
             *(name for names in OWNED_FILES.values() for name in names),
             "llama_cpp_server_extra_args",
@@ -397,8 +399,10 @@ def check_ports(host: str, variables: Mapping[str, Any], findings: Findings) -> 
         variables.get("ray_node_max_worker_port", RAY_WORKER_PORT_DEFAULTS["ray_node_max_worker_port"])
     )
     service_ports: Dict[str, int] = {}
-    for name, default in SERVICE_PORT_DEFAULTS.items():
-        port = _check_port(name, variables.get(name, default), findings, host)
+    for name in SERVICE_PORT_VARIABLES:
+        if name not in variables:
+            continue
+        port = _check_port(name, variables[name], findings, host)
         if port is None:
             continue
         clashes = sorted(ray_name for ray_name, ray_port in ray_ports.items() if ray_port == port)

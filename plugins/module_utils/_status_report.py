@@ -189,6 +189,25 @@ def _endpoint_problems(endpoint: Mapping[str, Any], served_model: str) -> List[s
     return problems
 
 
+def serving_group_rows(group_endpoints: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per serving group, in group order, from each group's first node and what its endpoint answered."""
+    rows = []
+    for index, (node, endpoint) in enumerate(group_endpoints.items()):
+        completion = (endpoint or {}).get("completion") or {}
+        rows.append(
+            {
+                "index": index,
+                "node": node,
+                "url": (endpoint or {}).get("url"),
+                "health_status": (endpoint or {}).get("health_status"),
+                "ok": bool(completion.get("ok")),
+                "seconds": completion.get("seconds"),
+                "error": completion.get("error") or completion.get("msg"),
+            }
+        )
+    return rows
+
+
 def cluster_status(
     backend: str,
     head: str,
@@ -196,8 +215,13 @@ def cluster_status(
     endpoint: Mapping[str, Any],
     ray: Optional[Mapping[str, Any]] = None,
     served_model: str = "",
+    group_endpoints: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Dict[str, Any]:
-    """Everything the report shows: per-node rows, the plan in effect, problems, and whether all is healthy."""
+    """Everything the report shows: per-node rows, the plan in effect, problems, and whether all is healthy.
+
+    ``endpoint`` is the first serving group's; ``group_endpoints`` maps every serving group's first node to its
+    endpoint's answers (``{}`` when it was not probed), in group order, when the plan has more than one group.
+    """
     names = list(nodes)
     plans = {name: node.get("plan") for name, node in nodes.items() if node.get("reachable", True)}
     plan, problems = plan_in_effect(plans)
@@ -238,7 +262,11 @@ def cluster_status(
     if backend == "ray":
         problems.extend(_ray_problems(ray or {}))
     problems.extend(_endpoint_problems(endpoint, served_model))
+    groups = serving_group_rows(group_endpoints or {})
+    for node, answers in list((group_endpoints or {}).items())[1:]:
+        problems.extend(_endpoint_problems(dict(answers or {}, node=node), served_model))
     return {
+        "groups": groups,
         "backend": backend,
         "plan": plan,
         "nodes": rows,
@@ -262,6 +290,16 @@ def _shorten(text: str, width: int = 100) -> str:
 def _memory_text(device: Mapping[str, Any]) -> str:
     total, used = device.get("memory_total_mib"), device.get("memory_used_mib")
     return "{} / {} MiB".format("?" if used is None else used, "?" if total is None else total)
+
+
+def _group_line(group: Mapping[str, Any]) -> str:
+    """``Serving group 1 on node2: http://10.0.0.12:8000 /health 200, one-token completion ok in 0.08 s``."""
+    answer = (
+        "ok in {} s".format(group["seconds"]) if group["ok"] else "FAILED: {}".format(group["error"] or "no answer")
+    )
+    return "Serving group {} on {}: {} /health {}, one-token completion {}".format(
+        group["index"], group["node"], group["url"] or "not probed", group["health_status"] or "no answer", answer
+    )
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -356,6 +394,8 @@ def render_status(status: Mapping[str, Any]) -> str:
             ],
         )
     )
+    if len(status.get("groups") or []) > 1:
+        sections.append("\n".join(_group_line(group) for group in status["groups"]))
     if plan and plan.get("table"):
         sections.append("Plan in effect (/etc/llmserve/plan.json):\n" + plan["table"])
     for warning in status["warnings"]:

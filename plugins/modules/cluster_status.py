@@ -58,6 +58,13 @@ options:
     description: The model name clients use; a problem when C(/v1/models) does not list it.
     type: str
     default: ""
+  group_endpoints:
+    description:
+      - With data-parallel replicas on several nodes, every serving group's first node mapped to its endpoint's
+        answers (as O(endpoint); V({}) when it was not probed), in group order. Each group that does not answer is a
+        problem, and the report lists every group's endpoint.
+    type: dict
+    default: {}
   html_path:
     description: Where to write the HTML placement page on the controller; nothing is written when unset.
     type: path
@@ -113,6 +120,12 @@ placement:
   elements: dict
   sample: [{name: node1, node_rank: 0, gpus: [{index: 0, rank: 0, replica: 0, stage: 0, tensor_parallel_rank: 0,
             first_layer: 0, last_layer: 3}]}]
+groups:
+  description: Per serving group (with O(group_endpoints) given) its C(index), C(node), C(url), C(health_status),
+    C(ok) (a one-token completion came back), C(seconds) and C(error).
+  returned: always
+  type: list
+  elements: dict
 html_path:
   description: The HTML page written, null when none.
   returned: always
@@ -151,6 +164,7 @@ def main():
             endpoint=dict(type="dict", default={}),
             ray=dict(type="dict", default={}),
             served_model_name=dict(type="str", default=""),
+            group_endpoints=dict(type="dict", default={}),
             html_path=dict(type="path"),
         ),
         supports_check_mode=True,
@@ -163,6 +177,7 @@ def main():
         params["endpoint"],
         params["ray"],
         params["served_model_name"],
+        params["group_endpoints"],
     )
     changed = False
     if params["html_path"]:
@@ -196,6 +211,7 @@ def main():
         report=render_status(status),
         plan=status["plan"],
         placement=placement(status["plan"]) if status["plan"] else [],
+        groups=status["groups"],
         html_path=params["html_path"],
     )
 

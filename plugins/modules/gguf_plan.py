@@ -41,18 +41,23 @@ options:
     description:
       - The GGUF file. For a split model (C(name-00001-of-00007.gguf)) the first split is enough; the others are
         found next to it and must all be present.
+      - Give this or O(model_dir).
     type: list
     elements: path
-    required: true
+  model_dir:
+    description:
+      - A directory holding the GGUF model instead of O(model_files); the file planned from is the first split of a
+        split model, else the only C(*.gguf) file. Several models there is an error naming O(model_files).
+    type: path
   devices:
     description:
       - The devices to place layers on, local GPUs of the head (V(gpu)) and remote devices served by C(rpc-server)
         (V(rpc)), with their free memory. Their order among the same kind is kept.
       - A V(cpu) entry describes the head's RAM; its O(devices[].memory_free_mib) is used when
         O(head_ram_free_mib) is not given. It never receives layers unless O(n_gpu_layers) leaves some behind.
+      - Give this, or O(nodes) and O(head) to derive the devices from each node's facts.
     type: list
     elements: dict
-    required: true
     suboptions:
       name:
         description: A label for the device, for example the RPC endpoint C(10.0.0.12:50052) or C(head GPU 0).
@@ -70,6 +75,37 @@ options:
         description: Free memory of the device in MiB (NVML's free memory for a GPU, the memory C(rpc-server) reports).
         type: int
         required: true
+  nodes:
+    description:
+      - Each node's facts, workers in C(--rpc) order, instead of O(devices). A worker lends its NVML GPUs through
+        its RPC server, else the devices C(described) lists, else its RAM as one device; the O(head) serves its own
+        GPUs (C(CUDA0), ...) and its RAM is the V(cpu) device.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The inventory host.
+        type: str
+        required: true
+      gpu:
+        description: Its C(llmserve_gpu) fact from M(llmserve.cluster.gpu_facts).
+        type: dict
+        default: {}
+      described:
+        description: Its C(llmserve_node_devices) (C(gpus), C(gpu_memory_mib)), for a worker without NVML.
+        type: dict
+        default: {}
+      memory_free_mib:
+        description: Its free RAM in MiB (C(ansible_facts.memory_mb.nocache.free)).
+        type: int
+        required: true
+      rpc_endpoint:
+        description: C(host:port) its RPC server listens on (a worker), which names its devices.
+        type: str
+        default: ""
+  head:
+    description: The node of O(nodes) that runs C(llama-server).
+    type: str
   ctx_size:
     description: Context size in tokens (C(--ctx-size)). Defaults to 4096, or the model's context if smaller.
     type: int
@@ -214,16 +250,20 @@ field:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._gguf_devices import (
+    cluster_devices,
+    model_dir_entry_file,
+)
 from ansible_collections.llmserve.cluster.plugins.module_utils._gguf_model import GGUFModelError, read_gguf_model
 from ansible_collections.llmserve.cluster.plugins.module_utils._gguf_planner import GGUFPlanError, plan_gguf
 
 CACHE_TYPES = ["f16", "q8_0", "q4_0"]
 ARGUMENT_SPEC = dict(
-    model_files=dict(type="list", elements="path", required=True),
+    model_files=dict(type="list", elements="path"),
+    model_dir=dict(type="path"),
     devices=dict(
         type="list",
         elements="dict",
-        required=True,
         options=dict(
             name=dict(type="str", required=True),
             node=dict(type="str"),
@@ -231,6 +271,18 @@ ARGUMENT_SPEC = dict(
             memory_free_mib=dict(type="int", required=True),
         ),
     ),
+    nodes=dict(
+        type="list",
+        elements="dict",
+        options=dict(
+            name=dict(type="str", required=True),
+            gpu=dict(type="dict", default={}),
+            described=dict(type="dict", default={}),
+            memory_free_mib=dict(type="int", required=True),
+            rpc_endpoint=dict(type="str", default=""),
+        ),
+    ),
+    head=dict(type="str"),
     ctx_size=dict(type="int"),
     cache_type_k=dict(type="str", choices=CACHE_TYPES, default="f16"),
     cache_type_v=dict(type="str", choices=CACHE_TYPES, default="f16"),
@@ -241,6 +293,9 @@ ARGUMENT_SPEC = dict(
     flash_attention=dict(type="bool", default=True),
     allow_no_fit=dict(type="bool", default=False),
 )
+MUTUALLY_EXCLUSIVE = [("model_files", "model_dir"), ("devices", "nodes")]
+REQUIRED_ONE_OF = [("model_files", "model_dir"), ("devices", "nodes")]
+REQUIRED_TOGETHER = [("nodes", "head")]
 PLAN_OPTIONS = (
     "ctx_size",
     "cache_type_k",
@@ -264,8 +319,10 @@ def no_fit_field(params):
 def run_plan(params, fail):
     """Plan and return the module result, or call ``fail(msg=..., field=...)``."""
     try:
-        model = read_gguf_model(params["model_files"])
-        plan = plan_gguf(model, params["devices"], **{option: params.get(option) for option in PLAN_OPTIONS})
+        model_files = params.get("model_files") or [model_dir_entry_file(params["model_dir"])]
+        devices = params.get("devices") or cluster_devices(params["nodes"], params["head"])
+        model = read_gguf_model(model_files)
+        plan = plan_gguf(model, devices, **{option: params.get(option) for option in PLAN_OPTIONS})
     except (GGUFModelError, GGUFPlanError) as error:
         return fail(msg=str(error), field=error.field)
     if not plan["fits"] and not params.get("allow_no_fit"):
@@ -279,7 +336,13 @@ def run_plan(params, fail):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=MUTUALLY_EXCLUSIVE,
+        required_one_of=REQUIRED_ONE_OF,
+        required_together=REQUIRED_TOGETHER,
+        supports_check_mode=True,
+    )
     try:
         import gguf  # noqa: F401 - only to report a missing library clearly
     except ImportError:

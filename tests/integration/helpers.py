@@ -129,13 +129,15 @@ API_PORT = 8000
 MODEL_NAME = "tiny-llama"
 
 
-def completion(address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4) -> dict:
+def completion(
+    address: str, api_key: str | None, prompt: str = "Hello", max_tokens: int = 4, port: int = API_PORT
+) -> dict:
     """A completion from this machine; raises urllib.error.HTTPError on a refusal (401) or a failure."""
     body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
     headers = {"Content-Type": "application/json"}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(f"http://{address}:{API_PORT}/v1/completions", data=body, headers=headers)
+    request = urllib.request.Request(f"http://{address}:{port}/v1/completions", data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
 

@@ -23,19 +23,22 @@ import pytest
 
 from ansible_collections.llmserve.cluster.plugins.module_utils._llama_server_log import compare, parse_memory
 
-from .helpers import API_PORT, REPO_ROOT, ansible_playbook, completion, recap, sandbox_hosts, ssh
+from .helpers import REPO_ROOT, ansible_playbook, completion, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 TEARDOWN = REPO_ROOT / "playbooks" / "teardown.yml"
+STATUS = REPO_ROOT / "playbooks" / "status.yml"
 BACKEND_VARS = REPO_ROOT / "tests" / "integration" / "llama_cpp" / "backend.yml"
 RPC_PORT = 50052
+# llama_cpp_port in backend.yml: not vLLM's 8000, so a playbook that assumed 8000 shows.
+LLAMA_PORT = 8081
 
 pytestmark = pytest.mark.sandbox
 
 
 @pytest.fixture(scope="module")
 def deployed(sandbox_cli):
-    """Three hosts serving the tiny GGUF model; whatever served before is torn down first (port 8000)."""
+    """Three hosts serving the tiny GGUF model on port 8081; whatever served before is torn down first."""
     sandbox_cli("up", "--hosts", "3", timeout=900)
     subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "sandbox" / "make_tiny_gguf.py")], check=True)
     cleared = ansible_playbook(TEARDOWN, timeout=600)
@@ -56,10 +59,19 @@ def test_first_converge_builds_and_prints_the_estimate(deployed):
     assert all(counts["failed"] == 0 and counts["unreachable"] == 0 for counts in recap(run.stdout).values())
 
 
+def test_the_deploy_report_and_status_name_llama_servers_port(deployed):
+    run, hosts, _unused = deployed
+    assert f"Endpoint: http://{hosts['node1']}:{LLAMA_PORT}/v1" in run.stdout, run.stdout[-3000:]
+    status = ansible_playbook(STATUS, "-e", f"@{BACKEND_VARS}", timeout=600)
+    assert status.returncode == 0, status.stdout[-6000:]
+    assert f"ENDPOINT  http://{hosts['node1']}:{LLAMA_PORT}" in status.stdout, status.stdout[-4000:]
+    assert "HEALTHY" in status.stdout
+
+
 def test_completion_is_served_with_layers_on_both_rpc_workers(deployed):
     _unused, hosts, key = deployed
     api_key = ssh(hosts, key, "node1", "cat /etc/llmserve/api-key").stdout.strip()
-    answer = completion(hosts["node1"], api_key)
+    answer = completion(hosts["node1"], api_key, port=LLAMA_PORT)
     assert answer["choices"][0]["text"], answer
     assert answer["usage"]["completion_tokens"] >= 1
     memory = parse_memory(server_log(hosts, key))
@@ -82,7 +94,7 @@ def test_rpc_servers_listen_on_the_cluster_address_only(deployed):
 def test_completion_without_the_api_key_is_refused(deployed):
     _unused, hosts, _unused = deployed
     with pytest.raises(urllib.error.HTTPError) as refused:
-        completion(hosts["node1"], None)
+        completion(hosts["node1"], None, port=LLAMA_PORT)
     assert refused.value.code == 401
 
 
@@ -122,5 +134,5 @@ def test_teardown_leaves_no_unit_process_or_port(deployed):
         assert units.strip() == "", (name, units)
         processes = ssh(hosts, key, name, "pgrep -af '[l]lama-server|[g]gml-rpc-server' || true").stdout
         assert processes.strip() == "", (name, processes)
-        ports = ssh(hosts, key, name, f"ss -Hltn 'sport = :{API_PORT} or sport = :{RPC_PORT}' || true").stdout
+        ports = ssh(hosts, key, name, f"ss -Hltn 'sport = :{LLAMA_PORT} or sport = :{RPC_PORT}' || true").stdout
         assert ports.strip() == "", (name, ports)

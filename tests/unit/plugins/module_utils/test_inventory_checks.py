@@ -14,7 +14,7 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._inventory_checks
     CLUSTER_WIDE_VARIABLES,
     RAY_PORT_DEFAULTS,
     RAY_WORKER_PORT_DEFAULTS,
-    SERVICE_PORT_DEFAULTS,
+    SERVICE_PORT_VARIABLES,
     check_inventory,
 )
 
@@ -24,9 +24,28 @@ GOOD_GROUPS = {"llmserve_cluster": ["node1", "node2"], "ray_head": ["node1"], "r
 PINNED = "0e9e39f249a16976918f6564b8830bc894c89659"
 
 
+def rendered_role_defaults(*roles: str) -> dict:
+    """The roles' defaults with one level of ``{{ name }}`` resolved, as the action plugin renders the ports."""
+    defaults = {}
+    for role in roles:
+        defaults.update(yaml.safe_load((REPO_ROOT / "roles" / role / "defaults" / "main.yml").read_text()))
+    return {
+        name: defaults.get(value.strip("{} "), value) if isinstance(value, str) and value.startswith("{{") else value
+        for name, value in defaults.items()
+    }
+
+
+SERVICE_PORTS = {name: rendered_role_defaults("llmserve", "vllm_serve")[name] for name in SERVICE_PORT_VARIABLES}
+
+
 def good_hostvars() -> dict:
     return {
-        host: {"ansible_host": address, "llmserve_model_source": "shared_path", "llmserve_model_path": "/srv/models/m"}
+        host: {
+            "ansible_host": address,
+            "llmserve_model_source": "shared_path",
+            "llmserve_model_path": "/srv/models/m",
+            **SERVICE_PORTS,
+        }
         for host, address in (("node1", "10.0.0.11"), ("node2", "10.0.0.12"))
     }
 
@@ -308,14 +327,16 @@ def test_unreadable_model_config_is_named(tmp_path):
 
 def test_port_defaults_match_the_role_defaults():
     """The checks fall back to the same defaults the roles use."""
-    defaults = {}
-    for role in ("llmserve", "ray_node", "vllm_serve"):
-        defaults.update(yaml.safe_load((REPO_ROOT / "roles" / role / "defaults" / "main.yml").read_text()))
-    for name, value in {**RAY_PORT_DEFAULTS, **RAY_WORKER_PORT_DEFAULTS, **SERVICE_PORT_DEFAULTS}.items():
-        role_value = defaults[name]
-        if isinstance(role_value, str) and role_value.startswith("{{"):
-            role_value = defaults[role_value.strip("{} ")]
-        assert role_value == value, name
+    defaults = rendered_role_defaults("llmserve", "ray_node", "vllm_serve")
+    for name, value in {**RAY_PORT_DEFAULTS, **RAY_WORKER_PORT_DEFAULTS}.items():
+        assert defaults[name] == value, name
+
+
+def test_the_api_port_is_checked_from_the_rendered_role_default():
+    """No port number of its own: the API port the roles render (8000) meets the rendezvous port set to it."""
+    assert SERVICE_PORTS["vllm_serve_port"] == 8000
+    errors = errors_for(vllm_serve_master_port=SERVICE_PORTS["vllm_serve_port"])
+    assert "vllm_serve_port and vllm_serve_master_port on node1 are both 8000" in " ".join(errors)
 
 
 def test_checked_variables_exist_in_the_role_defaults():

@@ -197,3 +197,55 @@ def test_a_node_without_nvml_or_described_devices_is_a_problem(sandbox, nvml_rep
     status = cluster_status("native", "node1", sandbox, answered_endpoint(), served_model="tiny-llama")
     assert len(status["problems"]) == 1
     assert status["problems"][0].startswith("node2 shows no GPU (none: ")
+
+
+def second_group_endpoint(status_code=200, body=None):
+    endpoint = copy.deepcopy(answered_endpoint(seconds=0.091))
+    endpoint.update(node="node2", url="http://10.77.6.12:8000")
+    if body is not None:
+        endpoint["completion"] = dict(read_completion(status_code, body), seconds=0.012)
+    return endpoint
+
+
+def test_every_serving_groups_endpoint_is_listed_and_judged(sandbox):
+    """Two data-parallel groups (one per node): both answered, so the report lists both and is healthy."""
+    groups = {"node1": answered_endpoint(), "node2": second_group_endpoint()}
+    status = cluster_status(
+        "native", "node1", sandbox, answered_endpoint(), served_model="tiny-llama", group_endpoints=groups
+    )
+    assert status["healthy"], status["problems"]
+    assert [(group["index"], group["node"], group["ok"]) for group in status["groups"]] == [
+        (0, "node1", True),
+        (1, "node2", True),
+    ]
+    report = render_status(status)
+    assert "Serving group 0 on node1: http://10.77.6.11:8000 /health 200, one-token completion ok in 0.082 s" in report
+    assert "Serving group 1 on node2: http://10.77.6.12:8000 /health 200, one-token completion ok in 0.091 s" in report
+
+
+def test_a_second_group_that_does_not_answer_is_a_problem_the_first_group_does_not_hide(sandbox):
+    groups = {"node1": answered_endpoint(), "node2": second_group_endpoint(500, ENGINE_DEAD)}
+    status = cluster_status(
+        "native", "node1", sandbox, answered_endpoint(), served_model="tiny-llama", group_endpoints=groups
+    )
+    assert not status["healthy"]
+    assert len(status["problems"]) == 1
+    assert status["problems"][0].startswith("No one-token completion from http://10.77.6.12:8000: HTTP 500")
+    assert "Serving group 1 on node2: http://10.77.6.12:8000 /health 200, one-token completion FAILED: HTTP 500" in (
+        render_status(status)
+    )
+    unprobed = cluster_status(
+        "native",
+        "node1",
+        sandbox,
+        answered_endpoint(),
+        served_model="tiny-llama",
+        group_endpoints={"node1": answered_endpoint(), "node2": {}},
+    )
+    assert unprobed["problems"] == ["The endpoint was not probed: the node serving the API (node2) did not answer."]
+
+
+def test_one_serving_group_adds_no_group_lines(sandbox):
+    status = cluster_status("native", "node1", sandbox, answered_endpoint(), served_model="tiny-llama")
+    assert status["groups"] == []
+    assert "Serving group" not in render_status(status)

@@ -86,3 +86,47 @@ def test_a_missing_split_fails_on_model_files(capsys, tmp_path):
 
     assert rc == 1 and result["field"] == "model_files"
     assert files[6].name in result["msg"]
+
+
+def test_nodes_facts_and_a_model_dir_plan_like_the_devices_they_describe(capsys, qwen_files):
+    """The llama_cpp role passes each node's facts and llmserve_model_dir; the plan equals the one for devices."""
+    _rc, by_devices = run_module(
+        capsys,
+        {
+            "model_files": [str(qwen_files[0])],
+            "devices": [
+                {"name": "RPC0[10.0.0.12:50052]", "node": "node2", "kind": "rpc", "memory_free_mib": P40},
+                {"name": "CUDA0", "node": "node1", "kind": "gpu", "memory_free_mib": P40},
+                {"name": "CPU", "node": "node1", "kind": "cpu", "memory_free_mib": 64000},
+            ],
+            "ctx_size": 8192,
+        },
+    )
+    p40 = {"available": True, "gpus": [{"index": 0, "memory_free_mib": P40, "compute_capability": "6.1"}]}
+    rc, by_nodes = run_module(
+        capsys,
+        {
+            "model_dir": str(qwen_files[0].parent),
+            "nodes": [
+                {"name": "node2", "gpu": p40, "memory_free_mib": 64000, "rpc_endpoint": "10.0.0.12:50052"},
+                {"name": "node1", "gpu": p40, "memory_free_mib": 64000, "rpc_endpoint": "10.0.0.11:50052"},
+            ],
+            "head": "node1",
+            "ctx_size": 8192,
+        },
+    )
+    assert rc == 0, by_nodes
+    assert by_nodes["plan"] == by_devices["plan"]
+
+
+def test_nodes_without_the_head_name_the_option(capsys, qwen_files):
+    rc, result = run_module(
+        capsys,
+        {
+            "model_files": [str(qwen_files[0])],
+            "nodes": [{"name": "node2", "memory_free_mib": 64000, "rpc_endpoint": "10.0.0.12:50052"}],
+            "head": "node1",
+        },
+    )
+    assert rc == 1 and result["field"] == "nodes"
+    assert "the head node1 is not among the nodes" in result["msg"]
