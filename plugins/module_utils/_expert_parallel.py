@@ -67,7 +67,8 @@ def expert_parallel_stage_weight_bytes(
 ) -> int:
     """Bytes of weights the busiest GPU of a pipeline stage loads under expert parallel."""
     tp = tensor_parallel_size
-    assert spec.moe is not None
+    if spec.moe is None:
+        raise ValueError(f"{spec.name} has no experts: expert parallel sizes only mixture-of-experts models")
     local = experts_on_busiest_rank(spec.moe.num_experts, tp * data_parallel_size)
     per_layer = layer_weight_bytes(spec)
     total = 0.0

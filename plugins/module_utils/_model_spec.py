@@ -429,10 +429,9 @@ def with_runtime_quantization(spec: ModelSpec, method: Optional[str]) -> ModelSp
         )
     if method not in RUNTIME_QUANTIZATION_BYTES:
         raise ModelSpecError(
-            "--quantization {} on an unquantized checkpoint is not sized by the planner; it sizes {} at load "
-            "time. Use a checkpoint quantized with {} instead, or drop the flag from vllm_serve_extra_args.".format(
-                method, ", ".join(RUNTIME_QUANTIZATION_BYTES), method
-            ),
+            "--quantization {method} on an unquantized checkpoint is not sized by the planner; it sizes {sized} at "
+            "load time. Use a checkpoint quantized with {method} instead, or drop the flag from "
+            "vllm_serve_extra_args.".format(method=method, sized=", ".join(RUNTIME_QUANTIZATION_BYTES)),
             "vllm_serve_extra_args",
         )
     linear = sum(layer_parameters(spec, index) for index in range(spec.num_layers))

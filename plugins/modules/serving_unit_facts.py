@@ -173,8 +173,8 @@ def _read_directory(params):
     except FileNotFoundError:
         owner = group = mode = None
     else:
-        owner = _name_of(lambda uid: pwd.getpwuid(uid), status.st_uid)
-        group = _name_of(lambda gid: grp.getgrgid(gid), status.st_gid)
+        owner = _name_of(pwd.getpwuid, status.st_uid)
+        group = _name_of(grp.getgrgid, status.st_gid)
         mode = status.st_mode
     return directory_facts(
         path, owner, group, mode, params["config_dir_owner"], params["config_dir_group"], params["config_dir_mode"]

@@ -12,14 +12,14 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._gpu_probe import
 from ansible_collections.llmserve.cluster.plugins.module_utils._llama_cpp_build import BASE_FLAGS, llama_cpp_build
 
 SOURCE = "eaf2a570d19aa19334856589153ac6fe0405a673451c8e1dc88b0f5add5ffc4c"
-XEON = ["0", "GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+"]
+XEON = ("0", "GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+")
 
 
 def facts(gpu, processor=XEON, distribution_major_version="12"):
     return {
         "llmserve_gpu": gpu,
         "architecture": "x86_64",
-        "processor": processor,
+        "processor": list(processor),
         "distribution": "Debian",
         "distribution_major_version": distribution_major_version,
     }
