@@ -323,10 +323,11 @@ def evaluate(
             block_size = options.block_size
             if tightest.is_cpu:
                 # vLLM on CPU keeps weights in host memory and gives the KV cache VLLM_CPU_KVCACHE_SPACE, which the
-                # plan sets in whole GiB from the node's memory.
+                # plan sets in whole GiB from the node's memory. A device described with less than 1 GiB keeps what
+                # it has, so that a max_model_len it cannot hold is refused rather than given a whole GiB.
                 budget = tightest.cuda_total_bytes
                 activation = non_torch = graphs = 0
-                available = max(budget // GIB, 1) * GIB
+                available = (budget // GIB) * GIB if budget >= GIB else budget
                 block_size = CPU_MLA_BLOCK_SIZE if spec.mla is not None else CPU_BLOCK_SIZE
             else:
                 budget = int(utilization * tightest.cuda_total_bytes)
