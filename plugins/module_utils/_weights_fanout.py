@@ -188,8 +188,12 @@ def _run_rsync(command: List[str], files: List[str], on_bytes) -> subprocess.Com
     stderr_chunks: List[bytes] = []
     reader = threading.Thread(target=lambda: stderr_chunks.append(process.stderr.read()), daemon=True)
     reader.start()
-    process.stdin.write(b"\0".join(path.encode() for path in files) + b"\0")
-    process.stdin.close()
+    try:
+        process.stdin.write(b"\0".join(path.encode() for path in files) + b"\0")
+        process.stdin.close()
+    except BrokenPipeError:
+        # rsync exited before it read the list (an unreachable receiver): its exit status and stderr say why.
+        pass
     pending = b""
     while True:
         chunk = process.stdout.read1(65536) if hasattr(process.stdout, "read1") else process.stdout.read(65536)
