@@ -15,6 +15,7 @@ fingerprint is known to catch a real change; it also leaves the cluster converge
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -528,9 +529,11 @@ def run_case(case: Case, environment):
 
 
 def task_output(stdout: str, task_name: str) -> str:
-    """What the default callback printed under TASK [task_name], up to the next task."""
-    _before, _title, rest = stdout.partition(f"TASK [{task_name}]")
-    return rest.split("\nTASK [", 1)[0]
+    """What the default callback printed under TASK [task_name] (or [role : task_name]), up to the next task."""
+    match = re.search(r"TASK \[(?:[\w.]+ : )?" + re.escape(task_name) + r"\]", stdout)
+    if match is None:
+        return ""
+    return stdout[match.end() :].split("\nTASK [", 1)[0]
 
 
 def test_there_are_at_least_thirty_bad_inputs():
