@@ -73,6 +73,15 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     }
 
 
+def plan_table(output: str) -> str:
+    """The plan comparison deploy.yml printed (its debug task's output), for a failing assertion to show."""
+    start = output.find("TASK [Show the plan in effect and the new plan side by side]")
+    if start < 0:
+        return "(deploy printed no plan comparison)\n" + output[-3000:]
+    end = output.find("PLAY [", start)
+    return output[start : end if end > 0 else start + 6000]
+
+
 def prepare_sandbox_caches() -> None:
     """The wheelhouse and the tiny model every deploy installs from (each a no-op when current)."""
     for script in (["wheelhouse.py"], ["make_tiny_model.py", "--ensure-venv"]):

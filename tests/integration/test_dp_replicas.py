@@ -26,6 +26,7 @@ from .helpers import (
     REPO_ROOT,
     ansible_playbook,
     ensure_native_cluster,
+    plan_table,
     recap,
     sandbox_hosts,
     ssh,
@@ -100,7 +101,7 @@ def test_the_plan_has_one_serving_group_per_host_and_both_serve_with_the_key(rep
 def test_a_rerun_with_the_same_replicas_changes_nothing(replicas):
     run = ansible_playbook(DEPLOY, *DATA_PARALLEL, timeout=1200)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "PLAN  unchanged: nothing that serves restarts" in run.stdout
+    assert "PLAN  unchanged: nothing that serves restarts" in run.stdout, plan_table(run.stdout)
     counts = recap(run.stdout)
     assert counts and all(host["changed"] == 0 for host in counts.values()), counts
 

@@ -14,7 +14,16 @@ import json
 
 import pytest
 
-from .helpers import REPO_ROOT, ansible_playbook, completion_answers, ensure_native_cluster, recap, sandbox_hosts, ssh
+from .helpers import (
+    REPO_ROOT,
+    ansible_playbook,
+    completion_answers,
+    ensure_native_cluster,
+    plan_table,
+    recap,
+    sandbox_hosts,
+    ssh,
+)
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
 
@@ -44,7 +53,7 @@ def test_a_spare_node_gets_runtime_and_weights_and_restarts_nothing(cluster):
     hosts, key = sandbox_hosts()
     run = ansible_playbook(DEPLOY, timeout=2400)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "PLAN  unchanged: nothing that serves restarts" in run.stdout
+    assert "PLAN  unchanged: nothing that serves restarts" in run.stdout, plan_table(run.stdout)
     assert {name: started_at(hosts, key, name) for name in ("node1", "node2")} == before
     assert ssh(hosts, key, "node3", "test -x /opt/llmserve/venv/bin/vllm && ls /srv/models/tiny-llama").returncode == 0
     assert ssh(hosts, key, "node3", "test -e /etc/systemd/system/vllm.service", check=False).returncode == 1
@@ -72,7 +81,7 @@ def test_decommissioning_a_serving_worker_moves_its_rank_and_shows_both_plans(cl
     hosts, key = sandbox_hosts()
     run = ansible_playbook(DEPLOY, "-e", "llmserve_decommission=node2", timeout=2400)
     assert run.returncode == 0, run.stdout[-6000:]
-    assert "PLAN  changed: vLLM restarts" in run.stdout
+    assert "PLAN  changed: vLLM restarts" in run.stdout, plan_table(run.stdout)
     assert "node1, node2" in run.stdout and "node1, node3" in run.stdout
     assert plan_nodes(hosts, key) == ["node1", "node3"]
     assert ssh(hosts, key, "node2", "test -e /etc/systemd/system/vllm.service", check=False).returncode == 1
