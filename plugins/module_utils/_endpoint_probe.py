@@ -5,12 +5,13 @@
 
 /health stays 200 after vLLM's workers die (vllm#16259) and /v1/models answers while generation
 is dead, so readiness and status both ask for an actual token. The HTTP call itself is the
-caller's (the module uses Ansible's ``open_url``).
+caller's: ``send_completion`` uses Ansible's ``open_url``, the other functions take its answer.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Dict, Optional, Tuple
 
 
@@ -41,4 +42,29 @@ def read_completion(status: int, payload: bytes) -> Dict[str, Any]:
     outcome["text"] = choices[0].get("text") if choices else None
     if not choices:
         outcome["error"] = "the answer has no choices"
+    return outcome
+
+
+def send_completion(
+    base_url: str, model: str, api_key: Optional[str], prompt: str = "Hello", max_tokens: int = 1, timeout: float = 60
+) -> Dict[str, Any]:
+    """POST one completion and time it: ``read_completion``'s fields plus ``seconds``.
+
+    A refused connection or a timeout is an outcome (``ok`` false, ``status`` None), not an exception.
+    """
+    from ansible.module_utils.urls import open_url  # pylint: disable=import-outside-toplevel
+
+    url, body, headers = completion_request(base_url, model, api_key, prompt, max_tokens)
+    started = time.monotonic()
+    try:
+        response = open_url(url, data=body, headers=headers, method="POST", timeout=timeout)
+        outcome = read_completion(response.getcode(), response.read())
+    except Exception as exc:  # HTTPError carries the status and body; anything else is "no answer"
+        status = getattr(exc, "code", None)
+        reader = getattr(exc, "read", None)
+        if status is not None and reader is not None:
+            outcome = read_completion(status, reader())
+        else:
+            outcome = {"ok": False, "status": None, "text": None, "error": str(getattr(exc, "reason", exc))}
+    outcome["seconds"] = round(time.monotonic() - started, 3)
     return outcome

@@ -105,35 +105,9 @@ journal:
   elements: str
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
 
-from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import (
-    completion_request,
-    read_completion,
-)
-
-
-def probe(params):
-    """POST the completion once and time it; connection errors are an outcome, not a failure."""
-    url, body, headers = completion_request(
-        params["url"], params["model"], params["api_key"], params["prompt"], params["max_tokens"]
-    )
-    started = time.monotonic()
-    try:
-        response = open_url(url, data=body, headers=headers, method="POST", timeout=params["timeout"])
-        outcome = read_completion(response.getcode(), response.read())
-    except Exception as exc:  # HTTPError carries the status and body; anything else is "no answer"
-        status = getattr(exc, "code", None)
-        reader = getattr(exc, "read", None)
-        if status is not None and reader is not None:
-            outcome = read_completion(status, reader())
-        else:
-            outcome = {"ok": False, "status": None, "text": None, "error": str(getattr(exc, "reason", exc))}
-    outcome["seconds"] = round(time.monotonic() - started, 3)
-    return outcome
+from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import send_completion
 
 
 def main():
@@ -151,7 +125,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    outcome = probe(params)
+    outcome = send_completion(
+        params["url"], params["model"], params["api_key"], params["prompt"], params["max_tokens"], params["timeout"]
+    )
     outcome["unit_state"] = None
     if params["unit"]:
         _unused, state, _unused = module.run_command(["systemctl", "is-active", params["unit"]])
