@@ -77,7 +77,10 @@ POSITIVE_COUNT_VARIABLES = (
     "ray_node_join_timeout",
     "vllm_serve_ready_timeout",
     "vllm_serve_ready_poll_interval",
+    "vllm_serve_ready_round",
 )
+# Of those, the ones whose null means "derive it from the plan".
+DERIVED_WHEN_NULL = frozenset({"vllm_serve_ready_timeout"})
 # Settings that must be equal on every node: each node runs one rank of one vLLM engine (or one Ray
 # cluster) from the same venv and the same model path, and Ray refuses mixed Ray/Python versions.
 CLUSTER_WIDE_VARIABLES = (
@@ -520,7 +523,7 @@ def check_settings(host: str, variables: Mapping[str, Any], findings: Findings) 
             findings.errors.append(f"{name} on {host} is {value!r}; use a whole number (0 lets the planner choose).")
 
     for name in POSITIVE_COUNT_VARIABLES:
-        if name in variables:
+        if name in variables and not (name in DERIVED_WHEN_NULL and variables[name] is None):
             number = _as_int(variables[name])
             if number is None or number <= 0:
                 findings.errors.append(f"{name} on {host} is {variables[name]!r}; use a whole number above 0.")

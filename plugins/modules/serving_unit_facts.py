@@ -56,6 +56,13 @@ options:
     description: Where the roles write unit files.
     type: path
     default: /etc/systemd/system
+  checksums:
+    description:
+      - Files whose SHA-1 to return (the unit and environment that serve, and the copies kept to roll back to), so
+        that the role can tell whether a new configuration differs without reading any secret into the play.
+    type: list
+    elements: path
+    default: []
 attributes:
   check_mode:
     support: full
@@ -116,6 +123,9 @@ ansible_facts:
         plan_error:
           description: Why a present O(plan_file) gave no plan; null otherwise.
           type: str
+        checksums:
+          description: Each path of O(checksums) with its SHA-1, null when missing.
+          type: dict
       sample:
         units:
           vllm.service: {name: vllm.service, load_state: loaded, active_state: active, sub_state: running,
@@ -127,6 +137,9 @@ ansible_facts:
         secret_file: {path: /etc/llmserve/api-key, present: true}
         plan: {nodes: [{name: node1}], vllm_args: [--tensor-parallel-size, "2"]}
         plan_error: null
+        checksums:
+          /etc/systemd/system/vllm.service: 9d7f41c2e0b8a3f6a7d04c3b1e5a2f7c8d9e0a1b
+          /etc/llmserve/last-good/vllm.service: null
 """
 
 import grp
@@ -204,6 +217,7 @@ def main():
             secret_file=dict(type="path", no_log=False),
             plan_file=dict(type="path"),
             unit_dir=dict(type="path", default="/etc/systemd/system"),
+            checksums=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -223,6 +237,7 @@ def main():
         "secret_file": {"path": secret, "present": os.path.exists(secret) if secret else None},
         "plan": plan["plan"],
         "plan_error": plan["error"],
+        "checksums": {path: module.sha1(path) if os.path.isfile(path) else None for path in params["checksums"]},
     }
     module.exit_json(changed=False, ansible_facts={"llmserve_serving_unit": facts})
 
