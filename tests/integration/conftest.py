@@ -58,6 +58,7 @@ MODULE_ORDER = (
     "test_nccl_check",
     "test_benchmark",
     "test_fault_drills",
+    "test_rollback",
     "test_dp_replicas",
     "test_scale",
     "test_model_weights",
