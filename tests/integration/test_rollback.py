@@ -26,16 +26,16 @@ import pytest
 from .helpers import REPO_ROOT, ansible_playbook, completion_answers, ensure_native_cluster, recap, sandbox_hosts, ssh
 
 DEPLOY = REPO_ROOT / "playbooks" / "deploy.yml"
-# The sandbox's own extra args (inventories/sandbox/group_vars/llmserve_cluster/serving.yml), plus one bad one.
-SANDBOX_ARGS = ["--dtype", "bfloat16", "--enforce-eager"]
+# The sandbox's own extra args (inventories/sandbox/group_vars/llmserve_cluster/serving.yml) with one changed.
+SANDBOX_ARGS = ["--enforce-eager"]
 # What serves, on each node: the unit, the environment (with the API key) and the plan.
 SERVING_FILES = "sha1sum /etc/systemd/system/vllm.service /etc/llmserve/vllm.env /etc/llmserve/plan.json"
 
 pytestmark = pytest.mark.sandbox
 
 
-def extra_args(*arguments: str) -> list[str]:
-    args = ", ".join(f'"{argument}"' for argument in [*SANDBOX_ARGS, *arguments])
+def extra_args(*arguments: str, dtype: str = "bfloat16") -> list[str]:
+    args = ", ".join(f'"{argument}"' for argument in ["--dtype", dtype, *SANDBOX_ARGS, *arguments])
     return ["-e", '{"vllm_serve_extra_args": [' + args + "]}"]
 
 
@@ -61,7 +61,7 @@ def cluster(sandbox_cli):
 def test_a_flag_vllm_refuses_fails_before_anything_stops(cluster):
     hosts, key = cluster
     before = serving_state(hosts, key)
-    run = ansible_playbook(DEPLOY, *extra_args("--dtype", "float8"), timeout=1200)
+    run = ansible_playbook(DEPLOY, *extra_args(dtype="float8"), timeout=1200)
     assert run.returncode != 0
     assert "the installed vLLM refuses the new command line" in run.stdout, run.stdout[-4000:]
     assert "invalid choice: 'float8'" in run.stdout
