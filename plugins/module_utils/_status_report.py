@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._driver_reboot import pending_reboot_text
 from ansible_collections.llmserve.cluster.plugins.module_utils._placement_view import placement, slot_label
 from ansible_collections.llmserve.cluster.plugins.module_utils._plan_table import render_box
 
@@ -245,11 +246,18 @@ def cluster_status(
         row["node_rank"] = placed[name]["node_rank"] if name in placed else None
         if not row["reachable"]:
             problems.append("{} is unreachable: {}".format(name, node.get("error") or "no answer over SSH"))
-            row.update(units=[], devices=[], devices_summary="unknown (unreachable)", plan_state="unknown")
+            row.update(
+                units=[], devices=[], devices_summary="unknown (unreachable)", plan_state="unknown", reboot_pending=None
+            )
             rows.append(row)
             continue
         units = [unit_state(result) for result in node.get("units") or []]
         row["units"] = units
+        # Still serving on the old driver, so a note rather than a problem.
+        row["reboot_pending"] = pending_reboot_text(node.get("reboot_pending"))
+        if row["reboot_pending"]:
+            reason = (node.get("reboot_pending") or {}).get("reason") or "no reason recorded"
+            warnings.append("{}: {}; {}.".format(name, row["reboot_pending"], reason))
         row["devices"], row["devices_summary"] = device_rows(node)
         if plan is None:
             row["plan_state"] = "unknown"

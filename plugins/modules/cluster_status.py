@@ -42,6 +42,9 @@ options:
         C(gpu) (the C(llmserve_gpu) fact), C(devices) (C(llmserve_node_devices)), C(units) (the results of
         M(ansible.builtin.systemd_service) looped over the unit names, each with C(item) and C(status)) and
         C(plan) (the decoded C(/etc/llmserve/plan.json), null when absent).
+      - C(reboot_pending) is the decoded record of a reboot the node's new NVIDIA driver waits for (written by
+        C(llmserve.cluster.nvidia_driver) at C(llmserve_reboot_pending_path)), null when none. The report shows it per
+        node ("reboot pending - driver X installed, Y loaded") as a note, not a problem, because the node still serves.
     type: dict
     required: true
   endpoint:

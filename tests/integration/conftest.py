@@ -55,6 +55,7 @@ MODULE_ORDER = (
     "test_deploy_native",
     "test_security",
     "test_status_restart",
+    "test_reboot_consent",
     "test_nccl_check",
     "test_benchmark",
     "test_fault_drills",

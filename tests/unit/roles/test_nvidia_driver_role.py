@@ -93,7 +93,8 @@ def test_switched_off_role_changes_nothing(inventory, mode):
     run = run_playbook(inventory, "-e", "nvidia_driver_enabled=false", *mode)
 
     assert (run.stats["changed"], run.stats["failed"], run.stats["unreachable"]) == (0, 0, 0), run.stdout
-    # Only reading tasks: the role's own argument validation and the message (the play gathers no facts).
+    # Only reading tasks: the llmserve and nvidia_driver argument validation and the message (the play gathers no
+    # facts; the llmserve role's debug line is below its verbosity and skipped).
     assert {name.split(" - ")[0] for name in run.ran()} == {
         "Validating arguments against arg spec 'main'",
         "Leave the driver alone on hosts where it is managed elsewhere",
@@ -137,6 +138,9 @@ HGX_PLAY = """
   module_defaults:
     llmserve.cluster.nvidia_driver_facts:
       root: "{{ host_tree }}"
+  # As in every play of the collection: the shared settings (llmserve_allow_reboot, llmserve_units, ...).
+  roles:
+    - role: llmserve.cluster.llmserve
   tasks:
     - name: Take the identity of the host under test
       host_identity:
@@ -261,7 +265,9 @@ def test_host_already_running_the_branch_keeps_its_driver(inventory, hgx):
     # Matching driver and no fabric manager wanted: the repository is not even touched.
     assert "Add NVIDIA's repository and install the driver" not in run.ran()
     assert "Add NVIDIA's CUDA repository and signing key with the cuda-keyring package" not in run.tasks
-    assert "Schedule a reboot because the installed driver is not the loaded one" not in run.ran()
+    assert "Decide whether this host reboots now" in run.ran()
+    assert "Schedule the reboot of a host that serves nothing" not in run.ran()
+    assert "Record the reboot left to do, for deploy.yml and status.yml to report" not in run.ran()
 
 
 def test_other_branch_loaded_means_an_install(inventory, hgx):

@@ -7,11 +7,13 @@ ansible.builtin.systemd_service parses it), NVML sessions, real plans and comple
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import pytest
 from status_shapes import FIXTURES, answered_endpoint, sandbox_node, sandbox_plan, systemd_result
 
+from ansible_collections.llmserve.cluster.plugins.module_utils._driver_reboot import reboot_decision
 from ansible_collections.llmserve.cluster.plugins.module_utils._endpoint_probe import read_completion
 from ansible_collections.llmserve.cluster.plugins.module_utils._gpu_probe import probe_gpus
 from ansible_collections.llmserve.cluster.plugins.module_utils._model_spec import load_model_spec_from_dir
@@ -55,6 +57,25 @@ def test_a_serving_sandbox_is_healthy_and_every_row_says_so(sandbox):
     assert "ok: ' cluster'" in report and "0.082" in report
     assert "| tensor_parallel |" in report  # the plan in effect, as the planner drew it
     assert report.rstrip().endswith("HEALTHY: every unit is active and the endpoint answered a completion.")
+
+
+def test_a_pending_driver_reboot_is_a_note_per_node_not_a_problem(sandbox):
+    # The record nvidia_driver keeps on a serving host after installing 580.142 over a loaded 570.195.03 without
+    # consent (the state is the one test_driver_reboot.py builds from captured driver shapes).
+    state = json.loads((FIXTURES / "nvidia_driver" / "state_580.142_installed_570.195.03_loaded.json").read_text())
+    units = {"vllm.service": {"loaded": True, "active_state": "active"}}
+    sandbox["node2"]["reboot_pending"] = reboot_decision(state, "node2", units, sandbox["node2"]["plan"], True, False)
+    status = cluster_status("native", "node1", sandbox, answered_endpoint(), served_model="tiny-llama")
+    assert status["healthy"] and status["problems"] == []
+    assert [row["reboot_pending"] for row in status["nodes"]] == [
+        None,
+        "reboot pending: driver 580.142 installed, 570.195.03 loaded",
+    ]
+    assert len(status["warnings"]) == 1
+    note = status["warnings"][0]
+    assert note.startswith("node2: reboot pending: driver 580.142 installed, 570.195.03 loaded; it serves (")
+    assert "llmserve_allow_reboot=true" in note
+    assert "NOTE: " + note in render_status(status)
 
 
 def test_an_absent_unit_is_absent_and_a_captured_active_one_is_running():

@@ -51,3 +51,27 @@ def test_html_page_is_written_once_and_never_in_check_mode(nvml_replay, tmp_path
     assert oct(page.stat().st_mode & 0o777) == "0o644"
     again = run_module("cluster_status", arguments(nvml_replay, page))
     assert not again["changed"]
+
+
+def test_a_recorded_driver_reboot_comes_back_as_a_note_and_the_cluster_stays_healthy(nvml_replay):
+    # What status.yml passes for node1 when nvidia_driver recorded a reboot (the file's JSON, decoded).
+    record = {
+        "action": "pending",
+        "consent": False,
+        "host": "node1",
+        "installed_driver_version": "580.142",
+        "loaded_driver_version": "570.195.03",
+        "reason": "it serves (vllm.service is active; the plan in effect has it as node rank 0), so it reboots only "
+        "with consent: deploy.yml -e llmserve_allow_reboot=true stops its serving group, reboots node by node and "
+        "brings the group back",
+        "serving": ["vllm.service is active", "the plan in effect has it as node rank 0"],
+    }
+    args = arguments(nvml_replay)
+    args["nodes"]["node1"]["reboot_pending"] = record
+    result = run_module("cluster_status", args)
+    assert not result["_failed"], result
+    assert result["healthy"]
+    assert result["warnings_found"] == [
+        "node1: reboot pending: driver 580.142 installed, 570.195.03 loaded; " + record["reason"] + "."
+    ]
+    assert "NOTE: node1: reboot pending: driver 580.142 installed, 570.195.03 loaded;" in result["report"]
