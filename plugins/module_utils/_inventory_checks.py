@@ -77,12 +77,14 @@ POSITIVE_COUNT_VARIABLES = (
     "ray_node_join_timeout",
     "vllm_serve_ready_timeout",
     "vllm_serve_ready_poll_interval",
+    "python_runtime_keep",
 )
 # Settings that must be equal on every node: each node runs one rank of one vLLM engine (or one Ray
 # cluster) from the same venv and the same model path, and Ray refuses mixed Ray/Python versions.
 CLUSTER_WIDE_VARIABLES = (
     "llmserve_backend",
     "llmserve_venv",
+    "llmserve_venvs_dir",
     "llmserve_vllm_version",
     "llmserve_ray_version",
     "llmserve_model_source",
@@ -107,6 +109,7 @@ CLUSTER_WIDE_VARIABLES = (
 # Each place, by the variables that name it (a role's variable defaults to the llmserve_ one; all are checked).
 OWNED_DIRECTORIES = {
     "the runtime venv": ("llmserve_venv", "python_runtime_venv", "vllm_serve_venv", "ray_node_venv"),
+    "the runtime venvs directory": ("llmserve_venvs_dir", "python_runtime_venvs_dir"),
     "the model path": ("llmserve_model_path", "model_weights_path", "vllm_serve_model_path"),
     "the hub download venv": ("model_weights_hub_venv",),
     "the weights progress directory": ("model_weights_progress_dir",),
@@ -722,6 +725,7 @@ def check_paths(host: str, variables: Mapping[str, Any], findings: Findings) -> 
 
 SUGGESTED_PATHS = {
     "the runtime venv": "/opt/llmserve/venv",
+    "the runtime venvs directory": "/opt/llmserve/venvs",
     "the model path": "/srv/models/<model-name>",
     "the hub download venv": "/opt/llmserve/hub-venv",
     "the weights progress directory": "/var/tmp/llmserve-model-weights",
