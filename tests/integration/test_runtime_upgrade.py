@@ -118,8 +118,8 @@ def test_a_new_runtime_is_built_beside_served_from_and_linked_and_a_rerun_change
     assert run.wait(timeout=1800) == 0, output.result()[-6000:]
     assert built and samples, "the deploy ended before the new runtime was seen built beside the old one"
     print(f"new runtime built beside the old one after {built_after:.0f} s, {len(samples)} samples")
-    assert all(answered for answered, _ in samples), samples
-    assert all(started == {name: before[name]["started"] for name in started} for _, started in samples), (
+    assert all(answered for answered, _started in samples), samples
+    assert all(started == {name: before[name]["started"] for name in started} for _answered, started in samples), (
         "the group restarted before the new runtime was built"
     )
 
