@@ -78,6 +78,7 @@ POSITIVE_COUNT_VARIABLES = (
     "vllm_serve_ready_timeout",
     "vllm_serve_ready_poll_interval",
     "vllm_serve_ready_round",
+    "python_runtime_keep",
 )
 # Of those, the ones whose null means "derive it from the plan".
 DERIVED_WHEN_NULL = frozenset({"vllm_serve_ready_timeout"})
@@ -86,6 +87,7 @@ DERIVED_WHEN_NULL = frozenset({"vllm_serve_ready_timeout"})
 CLUSTER_WIDE_VARIABLES = (
     "llmserve_backend",
     "llmserve_venv",
+    "llmserve_venvs_dir",
     "llmserve_vllm_version",
     "llmserve_ray_version",
     "llmserve_model_source",
@@ -110,6 +112,7 @@ CLUSTER_WIDE_VARIABLES = (
 # Each place, by the variables that name it (a role's variable defaults to the llmserve_ one; all are checked).
 OWNED_DIRECTORIES = {
     "the runtime venv": ("llmserve_venv", "python_runtime_venv", "vllm_serve_venv", "ray_node_venv"),
+    "the runtime venvs directory": ("llmserve_venvs_dir", "python_runtime_venvs_dir"),
     "the model path": ("llmserve_model_path", "model_weights_path", "vllm_serve_model_path"),
     "the hub download venv": ("model_weights_hub_venv",),
     "the weights progress directory": ("model_weights_progress_dir",),
@@ -725,6 +728,7 @@ def check_paths(host: str, variables: Mapping[str, Any], findings: Findings) -> 
 
 SUGGESTED_PATHS = {
     "the runtime venv": "/opt/llmserve/venv",
+    "the runtime venvs directory": "/opt/llmserve/venvs",
     "the model path": "/srv/models/<model-name>",
     "the hub download venv": "/opt/llmserve/hub-venv",
     "the weights progress directory": "/var/tmp/llmserve-model-weights",

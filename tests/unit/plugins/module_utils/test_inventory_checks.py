@@ -119,6 +119,7 @@ def test_group_shape_errors(groups, expected):
         ),
         ({"model_weights_fanout_width": 0}, "model_weights_fanout_width on node1 is 0; use a whole number above 0"),
         ({"vllm_serve_ready_timeout": -5}, "vllm_serve_ready_timeout on node1 is -5; use a whole number above 0"),
+        ({"python_runtime_keep": 0}, "python_runtime_keep on node1 is 0; use a whole number above 0"),
         (
             {"llmserve_node_devices": {"gpus": "eight", "gpu_memory_mib": 81559}},
             "llmserve_node_devices.gpus on node1 is 'eight'; use a whole number above 0",
@@ -395,6 +396,16 @@ def test_checked_variables_exist_in_the_role_defaults():
             "The runtime venv variables on node1 differ (llmserve_venv=/opt/llmserve/venv, "
             "vllm_serve_venv=/opt/other/venv)",
         ),
+        ({"llmserve_venvs_dir": "/opt"}, "llmserve_venvs_dir on node1 is '/opt', a top-level directory"),
+        (
+            {"llmserve_venv": "/opt/llmserve/venv", "llmserve_venvs_dir": "/opt/llmserve/venv/all"},
+            "llmserve_venvs_dir on node1 (/opt/llmserve/venv/all) is inside llmserve_venv (/opt/llmserve/venv): the "
+            "runtime venvs directory and the runtime venv must not overlap",
+        ),
+        (
+            {"llmserve_model_path": "/opt/llmserve/venvs/m", "llmserve_venvs_dir": "/opt/llmserve/venvs"},
+            "llmserve_model_path on node1 (/opt/llmserve/venvs/m) is inside llmserve_venvs_dir (/opt/llmserve/venvs)",
+        ),
     ],
 )
 def test_paths_that_could_hurt_are_refused(overrides, expected):
@@ -409,6 +420,8 @@ def test_default_paths_nest_only_where_that_is_safe():
         "python_runtime_venv": "/opt/llmserve/venv",
         "vllm_serve_venv": "/opt/llmserve/venv",
         "ray_node_venv": "/opt/llmserve/venv",
+        "llmserve_venvs_dir": "/opt/llmserve/venvs",
+        "python_runtime_venvs_dir": "/opt/llmserve/venvs",
         "llmserve_model_path": "/srv/models/m",
         "model_weights_path": "/srv/models/m",
         "model_weights_hub_venv": "/opt/llmserve/hub-venv",
