@@ -39,3 +39,15 @@ def build_host(case: str, destination: Path) -> Path:
 
 def ip_addresses(root: Path) -> list:
     return json.loads((root / "ip_addr.json").read_text())
+
+
+def materialize_sysfs(listing: Path, root: Path) -> Path:
+    """Rebuild a ``grep . /sys/bus/pci/devices/*/{vendor,device,class}`` capture as a tree under root."""
+    for line in listing.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        path, _separator, value = line.partition(":0x")
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("0x" + value + "\n")
+    return root / "sys"

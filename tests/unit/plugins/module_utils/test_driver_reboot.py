@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from host_trees import materialize_sysfs
 
 from ansible_collections.llmserve.cluster.plugins.module_utils import _nvidia_driver as nd
 from ansible_collections.llmserve.cluster.plugins.module_utils._driver_reboot import (
@@ -43,18 +44,6 @@ UNITS = {
     "ray_head": "ray-head.service",
 }
 SANDBOX_CPU = {"gpus": 1, "gpu_memory_mib": 1024, "gpu_name": "cpu"}
-
-
-def materialize_sysfs(listing: Path, root: Path) -> Path:
-    """Rebuild a ``grep . /sys/bus/pci/devices/*/{vendor,device,class}`` capture as a tree under root."""
-    for line in listing.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        path, _separator, value = line.partition(":0x")
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("0x" + value + "\n")
-    return root / "sys"
 
 
 def driver_state(tmp_path, installed="580.142-0ubuntu1", proc="open_570.195.03_ubuntu2204.txt", **overrides):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from host_trees import materialize_sysfs
 
 from ansible_collections.llmserve.cluster.plugins.module_utils import _nvidia_driver as nd
 
@@ -15,18 +16,6 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "nvidia_driver"
 UBUNTU_2204 = nd.Platform("debian", "ubuntu2204", "Ubuntu 22.04")
 UBUNTU_2404 = nd.Platform("debian", "ubuntu2404", "Ubuntu 24.04")
 RHEL_9 = nd.Platform("redhat", "rhel9", "Rocky 9.4")
-
-
-def materialize_sysfs(listing: Path, root: Path) -> Path:
-    """Rebuild a ``grep . /sys/bus/pci/devices/*/{vendor,device,class}`` capture as a tree under root."""
-    for line in listing.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        path, _separator, value = line.partition(":0x")
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("0x" + value + "\n")
-    return root / "sys"
 
 
 def efivar(value: int) -> bytes:
