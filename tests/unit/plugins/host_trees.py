@@ -51,3 +51,31 @@ def materialize_sysfs(listing: Path, root: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("0x" + value + "\n")
     return root / "sys"
+
+
+def hgx_h100_driver_state(root: Path, **overrides):
+    """nvidia_driver's ``build_state`` for the captured HGX H100 host (Ubuntu 22.04, two HCAs, Secure Boot off,
+    not the controller) with no driver loaded or installed; ``overrides`` replace any of its arguments."""
+    from ansible_collections.llmserve.cluster.plugins.module_utils import _nvidia_driver as nd
+
+    listing = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia_driver" / "pci_hgx_h100.txt"
+    arguments = dict(
+        branch="570",
+        flavour="open",
+        version="",
+        repo_base_url=nd.DEFAULT_REPO_BASE_URL,
+        secure_boot_signed=False,
+        platform=nd.Platform("debian", "ubuntu2204", "Ubuntu 22.04"),
+        kernel_release="5.15.0-127-generic",
+        pci_devices=nd.read_pci_devices(str(materialize_sysfs(listing, root))),
+        infiniband=["mlx5_0", "mlx5_1"],
+        peermem_loaded=False,
+        loaded=None,
+        installed_package_version=None,
+        secure_boot={"state": nd.SECURE_BOOT_DISABLED, "source": "mokutil", "detail": "SecureBoot disabled"},
+        control_node=(False, "a different machine from the controller"),
+        reported_nvswitch_present=None,
+        redhat_enabled_stream=None,
+    )
+    arguments.update(overrides)
+    return nd.build_state(**arguments)

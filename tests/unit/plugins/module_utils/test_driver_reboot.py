@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from host_trees import materialize_sysfs
+from host_trees import hgx_h100_driver_state
 
 from ansible_collections.llmserve.cluster.plugins.module_utils import _nvidia_driver as nd
 from ansible_collections.llmserve.cluster.plugins.module_utils._driver_reboot import (
@@ -50,24 +50,11 @@ def driver_state(tmp_path, installed="580.142-0ubuntu1", proc="open_570.195.03_u
     """nvidia_driver_facts' state on an HGX H100 host running 570.195.03 after the 580 branch was installed."""
     arguments = dict(
         branch="580",
-        flavour="open",
-        version="",
-        repo_base_url=nd.DEFAULT_REPO_BASE_URL,
-        secure_boot_signed=False,
-        platform=nd.Platform("debian", "ubuntu2204", "Ubuntu 22.04"),
-        kernel_release="5.15.0-127-generic",
-        pci_devices=nd.read_pci_devices(str(materialize_sysfs(DRIVER / "pci_hgx_h100.txt", tmp_path))),
-        infiniband=["mlx5_0", "mlx5_1"],
-        peermem_loaded=False,
         loaded=nd.parse_proc_driver_version((DRIVER / "proc_version" / proc).read_text()),
         installed_package_version=installed,
-        secure_boot={"state": nd.SECURE_BOOT_DISABLED, "source": "mokutil", "detail": "SecureBoot disabled"},
-        control_node=(False, "a different machine from the controller"),
-        reported_nvswitch_present=None,
-        redhat_enabled_stream=None,
     )
     arguments.update(overrides)
-    return nd.build_state(**arguments)
+    return hgx_h100_driver_state(tmp_path, **arguments)
 
 
 def captured_units(capture: str, names=None) -> dict:

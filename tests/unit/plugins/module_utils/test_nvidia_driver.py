@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from host_trees import materialize_sysfs
+from host_trees import hgx_h100_driver_state, materialize_sysfs
 
 from ansible_collections.llmserve.cluster.plugins.module_utils import _nvidia_driver as nd
 
@@ -372,26 +372,7 @@ def test_is_control_node(connection, hostname, ansible_host, host_id, controller
 
 
 def state_for(tmp_path, **overrides):
-    arguments = dict(
-        branch="570",
-        flavour="open",
-        version="",
-        repo_base_url=nd.DEFAULT_REPO_BASE_URL,
-        secure_boot_signed=False,
-        platform=UBUNTU_2204,
-        kernel_release="5.15.0-127-generic",
-        pci_devices=nd.read_pci_devices(str(materialize_sysfs(FIXTURES / "pci_hgx_h100.txt", tmp_path))),
-        infiniband=["mlx5_0", "mlx5_1"],
-        peermem_loaded=False,
-        loaded=None,
-        installed_package_version=None,
-        secure_boot={"state": nd.SECURE_BOOT_DISABLED, "source": "mokutil", "detail": "SecureBoot disabled"},
-        control_node=(False, "a different machine from the controller"),
-        reported_nvswitch_present=None,
-        redhat_enabled_stream=None,
-    )
-    arguments.update(overrides)
-    return nd.build_state(**arguments)
+    return hgx_h100_driver_state(tmp_path, **overrides)
 
 
 def test_fresh_hgx_host_needs_the_driver_and_fabric_manager_later(tmp_path):
