@@ -97,6 +97,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Wall time per module (setup, calls and teardown of its tests, module fixtures included), printed at the
 # end of the run so that `make test` shows where the integration phase spends its time.
 MODULE_SECONDS: dict[str, float] = {}
+RUN_STARTED = time.monotonic()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -105,6 +106,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     yield
     module = module_name(item)
     MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + time.monotonic() - started
+    # A line as each module ends, written at once: when a run is cut off, its tail names the module that
+    # was running and how long each one before it took.
+    if nextitem is None or module_name(nextitem) != module:
+        elapsed = time.monotonic() - RUN_STARTED
+        line = f"[integration] {module} done in {MODULE_SECONDS[module]:.0f} s ({elapsed:.0f} s into the run)"
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+            reporter.flush()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
