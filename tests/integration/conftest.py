@@ -6,6 +6,7 @@ Tests marked ``sandbox`` create, break and remove sandbox hosts; select or skip 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,11 @@ SANDBOX_SCRIPT = REPO_ROOT / "tests" / "sandbox" / "sandbox.py"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sandbox: uses the multi-host sandbox (root; creates hosts, bridge, mounts)")
+    # Every program the tests start (ansible-playbook, ssh, sandbox.py) inherits stdin: /dev/null, whatever
+    # the run was started with (a terminal, a pipe held open, nothing), so none of them can wait on it or read it.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
 SandboxCLI = Callable[..., "subprocess.CompletedProcess[str]"]

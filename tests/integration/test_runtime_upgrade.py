@@ -46,6 +46,8 @@ UNIT = "/etc/systemd/system/vllm.service"
 ADDED = "cmake==4.4.4"
 MISSING = "cmake==0.0.1"
 POLL_S = 3
+# The longest the polling waits for both new runtimes (the build takes about 3 min here).
+BUILD_LIMIT_S = 1200
 
 pytestmark = pytest.mark.sandbox
 
@@ -105,7 +107,7 @@ def test_a_new_runtime_is_built_beside_served_from_and_linked_and_a_rerun_change
     output = ThreadPoolExecutor(1).submit(run.stdout.read)
     # Until the new runtime is stamped on both hosts the old group serves: same start, answering.
     built, samples = False, []
-    while run.poll() is None and not built:
+    while run.poll() is None and not built and time.monotonic() - started_at < BUILD_LIMIT_S:
         listing = {
             name: ssh(hosts, key, name, f"ls {VENVS}/*/.llmserve-installed", check=False).stdout
             for name in ("node1", "node2")
@@ -115,7 +117,7 @@ def test_a_new_runtime_is_built_beside_served_from_and_linked_and_a_rerun_change
         samples.append((completion_answers(hosts, key, timeout=60), started))
         time.sleep(POLL_S)
     built_after = time.monotonic() - started_at
-    assert run.wait(timeout=1800) == 0, output.result()[-6000:]
+    assert run.wait(timeout=600) == 0, output.result()[-6000:]
     assert built and samples, "the deploy ended before the new runtime was seen built beside the old one"
     print(f"new runtime built beside the old one after {built_after:.0f} s, {len(samples)} samples")
     assert all(answered for answered, _started in samples), samples
