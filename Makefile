@@ -105,7 +105,7 @@ unit: venv
 	$(BIN)/python -m pytest tests/unit -q
 
 integration: venv collection-link
-	$(BIN)/python -m pytest tests/integration -q -x
+	$(BIN)/python -m pytest tests/integration -q -x --durations=40
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist

@@ -7,6 +7,7 @@ Tests marked ``sandbox`` create, break and remove sandbox hosts; select or skip 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -113,10 +114,15 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     module = module_name(item)
     MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + time.monotonic() - started
     # A line as each module ends, written at once: when a run is cut off, its tail names the module that
-    # was running and how long each one before it took.
+    # was running and how long each one before it took, with the free disk and the load it ran under.
     if nextitem is None or module_name(nextitem) != module:
         elapsed = time.monotonic() - RUN_STARTED
-        line = f"[integration] {module} done in {MODULE_SECONDS[module]:.0f} s ({elapsed:.0f} s into the run)"
+        free_gib = shutil.disk_usage("/var/lib").free / 2**30
+        load = os.getloadavg()[0]
+        line = (
+            f"[integration] {module} done in {MODULE_SECONDS[module]:.0f} s ({elapsed:.0f} s into the run;"
+            f" {free_gib:.0f} GiB free, load {load:.1f})"
+        )
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line)
