@@ -4,13 +4,17 @@
 """Filters over what serving_unit_facts and serving_rank_watch read.
 
 runs_vllm_unit, serving_group_restart and plan_needs_recording (logic in module_utils/_serving_unit.py), and
-serving_group_readiness and serving_ready_timeout (module_utils/_serving_ready.py); each is documented in the
-.yml file of its name.
+serving_group_readiness, serving_ready_timeout and serving_unit_endpoint (module_utils/_serving_ready.py); each
+is documented in the .yml file of its name.
 """
 
 from __future__ import annotations
 
-from ansible_collections.llmserve.cluster.plugins.module_utils._serving_ready import group_readiness, ready_timeout
+from ansible_collections.llmserve.cluster.plugins.module_utils._serving_ready import (
+    group_readiness,
+    ready_timeout,
+    unit_endpoint,
+)
 from ansible_collections.llmserve.cluster.plugins.module_utils._serving_unit import (
     group_restart,
     plan_needs_recording,
@@ -26,4 +30,5 @@ class FilterModule:
             "plan_needs_recording": plan_needs_recording,
             "serving_group_readiness": group_readiness,
             "serving_ready_timeout": ready_timeout,
+            "serving_unit_endpoint": unit_endpoint,
         }

@@ -16,6 +16,7 @@ transaction:
 - ``ready_timeout``: how long a group may take to answer, from the plan (the bytes each node reads from disk,
   the node count), unless the inventory sets it.
 - ``exec_start_argv`` and ``port_holders``: what ``serving_precheck`` reads from the new unit file and ``ss``.
+- ``unit_endpoint``: the address, port and model name a unit serves on, for the rollback's wait on the old one.
 """
 
 from __future__ import annotations
@@ -159,6 +160,46 @@ def exec_start_argv(unit_text: str) -> List[str]:
         command = command.lstrip("@-:+!")
         return shlex.split(command)
     raise ValueError("the unit file has no ExecStart= line")
+
+
+# vLLM's own defaults for the options unit_endpoint reads (vllm serve --help).
+VLLM_DEFAULT_PORT = 8000
+
+
+def unit_endpoint(unit_text: str) -> Dict[str, Any]:
+    """Where a ``vllm serve`` unit answers: ``{host, port, model}`` from its ExecStart.
+
+    The rollback waits for the configuration it put back, which may have served on another address, port or
+    model name than the one the failed change asked for. ``model`` is the first ``--served-model-name``, else
+    the model vLLM serves (what a completion must name); ``host`` is None when vLLM binds every interface.
+    A headless rank has no endpoint: port and host are None.
+    """
+    argv = exec_start_argv(unit_text)
+    if "serve" not in argv:
+        raise ValueError("the unit's ExecStart is not `vllm serve`")
+    options: Dict[str, str] = {}
+    flags = set()
+    positional: List[str] = []
+    rest = argv[argv.index("serve") + 1 :]
+    index = 0
+    while index < len(rest):
+        word = rest[index]
+        if word.startswith("--"):
+            name, equals, value = word.partition("=")
+            if equals:
+                options.setdefault(name, value)
+            elif index + 1 < len(rest) and not rest[index + 1].startswith("--"):
+                options.setdefault(name, rest[index + 1])
+                index += 1
+            else:
+                flags.add(name)
+        else:
+            positional.append(word)
+        index += 1
+    model = options.get("--served-model-name") or options.get("--model") or (positional[0] if positional else None)
+    if "--headless" in flags:
+        return {"host": None, "port": None, "model": model}
+    return {"host": options.get("--host"), "port": int(options.get("--port", VLLM_DEFAULT_PORT)), "model": model}
 
 
 _SS_PROCESS = re.compile(r'\("(?P<name>[^"]*)",pid=(?P<pid>\d+)')

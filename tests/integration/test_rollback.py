@@ -7,8 +7,9 @@ Drills on the serving two-host cluster (TP 2, native backend), each a deploy.yml
 
 1. a flag value the installed vLLM refuses (``--dtype float8``): refused by vLLM's own parser while the old
    group serves, so nothing stops;
-2. a setting that makes vLLM exit at start-up (``--tokenizer`` naming a missing directory): the group switches,
-   rank 0 exits, the wait ends well before the ready timeout, and both nodes go back;
+2. a setting that makes vLLM exit at start-up (``--tokenizer`` naming a missing directory), with the API moved to
+   another port in the same change: the group switches, rank 0 exits, the wait ends well before the ready
+   timeout, both nodes go back, and the old group is waited for on the port it serves on;
 3. a new configuration that stays up but does not answer within the ready timeout (a 15 s
    ``vllm_serve_ready_timeout``; vLLM on the sandbox takes about a minute to answer): rolled back too.
 
@@ -76,7 +77,10 @@ def test_a_change_that_exits_at_start_up_rolls_back_and_the_old_configuration_an
     hosts, key = cluster
     before = serving_state(hosts, key)
     started = time.monotonic()
-    run = ansible_playbook(DEPLOY, *extra_args("--tokenizer", "/srv/models/no-such-tokenizer"), timeout=1800)
+    # The same change moves the API to another port: the old group must be waited for where it answers.
+    run = ansible_playbook(
+        DEPLOY, *extra_args("--tokenizer", "/srv/models/no-such-tokenizer"), "-e", "vllm_serve_port=8001", timeout=1800
+    )
     took = time.monotonic() - started
     assert run.returncode != 0
     out = run.stdout

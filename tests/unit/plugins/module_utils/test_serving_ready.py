@@ -4,8 +4,9 @@
 """The decisions of the transactional serving change, on shapes captured on the sandbox.
 
 fixtures/systemd/serving_ready holds `systemctl show` of vllm.service (the properties serving_rank_watch asks
-for) while serving and after a failed start, the log of a start that failed, `ss -Hltnp` on a serving rank 0
-and `/proc/<pid>/cgroup` of vLLM's API server and of an SSH session (systemd 252, Debian 12, cgroup v1 hybrid).
+for) while serving and after a failed start, the log of a start that failed, the rendered units of rank 0 and of
+a headless rank 1 (the latter from sandbox slot 1), `ss -Hltnp` on a serving rank 0 and `/proc/<pid>/cgroup` of
+vLLM's API server and of an SSH session (systemd 252, Debian 12, cgroup v1 hybrid).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ansible_collections.llmserve.cluster.plugins.module_utils._serving_ready im
     port_holders,
     rank_state,
     ready_timeout,
+    unit_endpoint,
     unit_environment,
 )
 
@@ -155,6 +157,30 @@ def test_the_command_line_is_read_from_a_rendered_unit():
     assert argv[argv.index("--node-rank") + 1] == "0" and argv[-2:] == ["--port", "8000"]
     environment = unit_environment(unit)
     assert environment["HF_HUB_OFFLINE"] == "1" and "VLLM_API_KEY" not in environment
+
+
+def test_the_endpoint_of_a_rendered_rank0_unit_is_its_host_port_and_served_name():
+    assert unit_endpoint(capture("node1-vllm.service")) == {"host": "10.77.0.11", "port": 8000, "model": "tiny-llama"}
+
+
+def test_an_endpoint_left_to_vllms_defaults_and_options_written_with_equals():
+    unit = capture("node1-vllm.service")
+    defaults = unit.replace("    --served-model-name tiny-llama \\\n", "").replace("    --host 10.77.0.11 \\\n", "")
+    defaults = defaults.replace("    --port 8000\n", "    --enforce-eager\n")
+    assert unit_endpoint(defaults) == {"host": None, "port": 8000, "model": "/srv/models/tiny-llama"}
+    moved = unit.replace("--port 8000", "--port=8001").replace(
+        "--served-model-name tiny-llama", "--served-model-name=tl"
+    )
+    assert unit_endpoint(moved) == {"host": "10.77.0.11", "port": 8001, "model": "tl"}
+
+
+def test_a_headless_rank_has_no_endpoint():
+    assert unit_endpoint(capture("node2-vllm.service")) == {"host": None, "port": None, "model": "tiny-llama"}
+
+
+def test_a_unit_that_does_not_run_vllm_serve_has_no_endpoint():
+    with pytest.raises(ValueError, match="not `vllm serve`"):
+        unit_endpoint("[Service]\nExecStart=/opt/llmserve/venv/bin/ray start --head\n")
 
 
 def test_a_unit_without_exec_start_is_an_error():
